@@ -1,0 +1,1 @@
+"""Adapters: one module per technology and role, built only by gateway.bootstrap."""

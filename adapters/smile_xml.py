@@ -1,0 +1,453 @@
+"""SmileXmlCodec: hardened lxml parsing, XSD validation and deterministic building of Smile XML."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from lxml import etree
+
+from gateway.domain import (
+    SMILE_NS,
+    ActivateStatus,
+    Cycle,
+    Document,
+    EnableStatus,
+    Feature,
+    KeyedText,
+    PlanScheduleItem,
+    Property,
+    PropertyType,
+    PropertyValue,
+    ProvisionStatus,
+    Statuses,
+    Subscription,
+    SubscriptionFeaturesUpdate,
+    SubscriptionProvisionResponse,
+    SubscriptionUpdated,
+    SuspendStatus,
+)
+from gateway.errors import (
+    DocumentInvalidError,
+    DocumentParseError,
+    Violation,
+    clip,
+)
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+# Written by hand: lxml's own declaration uses single quotes, Smile's documents double ones.
+_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+_NS = "{" + SMILE_NS + "}"
+_NSMAP = {None: SMILE_NS}
+
+# libxml2 names types by their expanded name; these say what a reader expected instead.
+_FRIENDLY_TYPES = {
+    f"'{_NS}BooleanOrEmpty'": "'BooleanOrEmpty' (expected true, false, or empty)",
+    f"'{_NS}IntegerOrEmpty'": "'IntegerOrEmpty' (expected an integer, or empty)",
+    f"'{_NS}DecimalOrEmpty'": "'DecimalOrEmpty' (expected a decimal number, or empty)",
+    f"'{_NS}DateOrEmpty'": "'DateOrEmpty' (expected a date YYYY-MM-DD, or empty)",
+    f"'{_NS}OffsetDateTimeOrEmpty'":
+        "'OffsetDateTimeOrEmpty' (expected a dateTime with a UTC offset, or empty)",
+    f"'{_NS}OffsetDateTime'": "'OffsetDateTime' (expected a dateTime with a UTC offset, "
+                              "e.g. 2012-08-08T00:00:00.000+10:00)",
+    f"'{_NS}NonEmptyToken'": "'NonEmptyToken' (expected non-empty text)",
+}
+_POSITION_SUFFIX = re.compile(r"(, line \d+)?, line \d+, column \d+$")
+_DOCTYPE_REFUSED = "a DOCTYPE is not allowed (DTDs and entities are refused)"
+# The prolog: BOM, XML declaration, comments, processing instructions, white space; then DOCTYPE.
+_PROLOG_DOCTYPE = re.compile(
+    rb"(?:\xef\xbb\xbf)?(?>\s+|<\?.*?\?>|<!--.*?-->)*+(<!DOCTYPE)", re.DOTALL)
+# Documents starting with one of these were read by the byte scan above; others (UTF-16, ...)
+# are checked on the parsed tree.
+_SCANNED_STARTS = frozenset((b"<", b"\xef", b" ", b"\t", b"\r", b"\n"))
+_NO_ROOT = "No matching global declaration available for the validation root."
+_ROOTS_EXPECTED = (
+    "expected a root element SubscriptionFeaturesUpdate, SubscriptionUpdated or "
+    f"SubscriptionProvisionResponse in namespace {SMILE_NS}")
+_FRIENDLY_RE = re.compile("|".join(re.escape(k) for k in _FRIENDLY_TYPES))
+
+
+def _friendly(message: str) -> str:
+    message = _FRIENDLY_RE.sub(lambda m: _FRIENDLY_TYPES[m.group(0)], message)
+    if message.endswith(_NO_ROOT):
+        message = f"{message[:-1]}: {_ROOTS_EXPECTED}."
+    return message.replace(_NS, "")
+
+
+def _local(tag: object) -> str:
+    text = str(tag)
+    return text.rsplit("}", 1)[-1]
+
+
+def _has_doctype(root: etree._Element) -> bool:
+    docinfo = root.getroottree().docinfo
+    return bool(docinfo.doctype) or docinfo.internalDTD is not None
+
+
+def element_path(element: etree._Element) -> str:
+    """`/SubscriptionFeaturesUpdate/Subscription/SID`, with [n] where a name repeats."""
+    parts: list[str] = []
+    node: etree._Element | None = element
+    while node is not None:
+        name = _local(node.tag)
+        parent = node.getparent()
+        if parent is not None:
+            same = [c for c in parent if c.tag == node.tag]
+            if len(same) > 1:
+                name += f"[{same.index(node) + 1}]"
+        parts.append(name)
+        node = parent
+    return "/" + "/".join(reversed(parts))
+
+
+def _column(data: bytes, line: int, name: str) -> int:
+    """libxml2 gives no column for schema errors: find the element's start tag on its line."""
+    if line < 1:
+        return 0
+    start = 0
+    for _ in range(line - 1):
+        start = data.find(b"\n", start) + 1
+        if start == 0:
+            return 0
+    end = data.find(b"\n", start)
+    text = data[start:] if end < 0 else data[start:end]
+    match = re.search(rb"<(?:[\w.-]+:)?" + re.escape(name.encode()) + rb"[\s/>]", text)
+    if match is None:
+        return 1
+    return len(text[: match.start()].decode("utf-8", "replace")) + 1
+
+
+class SmileXmlCodec:
+    """Reads, validates and writes Smile documents against one XSD.
+
+    Parsing is hardened: a DOCTYPE is refused, entities are never expanded, no DTD and nothing
+    on the network is ever loaded, and a document over `max_bytes` is refused before parsing.
+    lxml parsers and schema validators keep per-use state, so each thread gets its own; the
+    schema is compiled once per thread and reused.
+    """
+
+    def __init__(self, schema_path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.schema_path = Path(schema_path)
+        self.max_bytes = max_bytes
+        self._local = threading.local()
+        self._schema_tree = etree.parse(str(self.schema_path), self._new_parser())
+        self._schema()  # fail at start-up, not on the first document
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _new_parser() -> etree.XMLParser:
+        return etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+            attribute_defaults=False, huge_tree=False, collect_ids=False, remove_pis=True)
+
+    def _parser(self) -> etree.XMLParser:
+        parser: etree.XMLParser | None = getattr(self._local, "parser", None)
+        if parser is None:
+            parser = self._local.parser = self._new_parser()
+        return parser
+
+    def _schema(self) -> etree.XMLSchema:
+        schema: etree.XMLSchema | None = getattr(self._local, "schema", None)
+        if schema is None:
+            schema = self._local.schema = etree.XMLSchema(self._schema_tree)
+        return schema
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def parse_tree(self, data: bytes) -> etree._Element:
+        """Hardened parse into an lxml element; DocumentParseError on anything unsafe or broken."""
+        if len(data) > self.max_bytes:
+            message = f"document is {len(data)} bytes, over the limit of {self.max_bytes}"
+            raise DocumentParseError(message, [Violation(1, 1, "", message)])
+        # Refuse a DOCTYPE before libxml2 reads it: nothing in it is then ever processed. The
+        # check after parsing catches the encodings this byte scan cannot read (UTF-16).
+        doctype = _PROLOG_DOCTYPE.match(data) if b"<!DOCTYPE" in data else None
+        if doctype is not None:
+            line = data.count(b"\n", 0, doctype.end(1)) + 1
+            raise DocumentParseError(_DOCTYPE_REFUSED, [Violation(line, 1, "", _DOCTYPE_REFUSED)])
+        try:
+            root = etree.fromstring(data, self._parser())
+        except etree.XMLSyntaxError as exc:
+            line, column = exc.position if exc.position else (1, 1)
+            message = "not well-formed: " + _POSITION_SUFFIX.sub("", exc.msg or str(exc))
+            raise DocumentParseError(
+                message, [Violation(line or 1, column or 1, "", message)]) from exc
+        except ValueError as exc:  # e.g. a str with an encoding declaration
+            raise DocumentParseError(str(exc), [Violation(1, 1, "", str(exc))]) from exc
+        if root is None:
+            raise DocumentParseError("document is empty", [Violation(1, 1, "", "empty")])
+        if data[:1] not in _SCANNED_STARTS and _has_doctype(root):
+            raise DocumentParseError(_DOCTYPE_REFUSED, [Violation(1, 1, "", _DOCTYPE_REFUSED)])
+        return root
+
+    def violations(self, root: etree._Element, data: bytes) -> list[Violation]:
+        schema = self._schema()
+        if schema.validate(root):
+            return []
+        found = []
+        for entry in schema.error_log:
+            path = ""
+            name = ""
+            if entry.path:
+                hits = root.getroottree().xpath(entry.path)
+                if isinstance(hits, list) and hits and isinstance(hits[0], etree._Element):
+                    path = element_path(hits[0])
+                    name = _local(hits[0].tag)
+            column = entry.column or (_column(data, entry.line, name) if name else 1)
+            found.append(Violation(entry.line, column, path, _friendly(entry.message)))
+        return found
+
+    def check(self, data: bytes) -> list[Violation]:
+        try:
+            root = self.parse_tree(data)
+        except DocumentParseError as exc:
+            return list(exc.violations)
+        return self.violations(root, data)
+
+    def decode(self, data: bytes) -> Document:
+        root = self.parse_tree(data)
+        found = self.violations(root, data)
+        if found:
+            first = found[0]
+            raise DocumentInvalidError(
+                f"{len(found)} schema violation(s); first at line {first.line}: "
+                f"{clip(first.message)}", found)
+        try:
+            return _read_document(root)
+        except _ValueProblem as exc:
+            raise DocumentInvalidError(str(exc), [exc.violation]) from exc
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def build_tree(self, document: Document) -> etree._Element:
+        return _write_document(document)
+
+    def encode(self, document: Document) -> bytes:
+        root = _write_document(document)
+        data: bytes = _DECLARATION + etree.tostring(
+            root, xml_declaration=False, encoding="UTF-8", pretty_print=True)
+        found = self.violations(root, data)
+        if found:
+            raise DocumentInvalidError(
+                f"rendered document violates the schema: {clip(found[0].message)}", found)
+        return data
+
+
+# ---------------------------------------------------------------------------------------------
+# XML -> model. The tree has been validated, so shape is trusted; values that XSD accepts but
+# Python cannot hold (year 0, 24:00:00) raise _ValueProblem with their place.
+
+
+class _ValueProblem(ValueError):
+    def __init__(self, element: etree._Element, message: str) -> None:
+        self.violation = Violation(element.sourceline or 0, 1, element_path(element), message)
+        super().__init__(f"line {self.violation.line}: {self.violation.path}: {message}")
+
+
+def _children(element: etree._Element) -> Iterator[tuple[str, etree._Element]]:
+    for child in element:
+        if isinstance(child.tag, str):
+            yield child.tag[len(_NS):], child
+
+
+def _text(element: etree._Element) -> str:
+    return element.text or ""
+
+
+def parse_datetime(text: str) -> datetime:
+    """xs:dateTime with an offset: 2012-08-08T00:00:00.000+10:00, 2011-01-01T00:00:00Z."""
+    return datetime.fromisoformat(text.strip())
+
+
+def format_datetime(value: datetime) -> str:
+    """Smile's style: milliseconds and a numeric offset (UTC written +00:00)."""
+    return value.isoformat(timespec="milliseconds")
+
+
+def _convert(element: etree._Element, kind: PropertyType, text: str) -> PropertyValue:
+    if text == "":
+        return None
+    try:
+        match kind:
+            case PropertyType.STRING:
+                return text
+            case PropertyType.BOOLEAN:
+                return text.strip() in ("true", "1")
+            case PropertyType.INTEGER:
+                return int(text)
+            case PropertyType.DECIMAL:
+                return Decimal(text.strip())
+            case PropertyType.DATE:
+                return date.fromisoformat(text.strip())
+            case PropertyType.TIMESTAMP:
+                return parse_datetime(text)
+    except (ValueError, InvalidOperation) as exc:
+        raise _ValueProblem(element, f"value {clip(text)!r} is out of range: {exc}") from exc
+    raise _ValueProblem(element, f"unknown property type {kind}")  # pragma: no cover
+
+
+def _read_object(obj: etree._Element) -> tuple[Property, ...]:
+    values = []
+    for name, child in _children(obj):
+        kind = PropertyType(name)
+        values.append(Property(kind, child.get("name", ""), _convert(child, kind, _text(child))))
+    return tuple(values)
+
+
+def _read_cycle(element: etree._Element) -> Cycle:
+    fields = dict(_children(element))
+    return Cycle(_text(fields["CycleType"]).strip(), int(_text(fields["CycleDay"])))
+
+
+def _read_subscription(element: etree._Element) -> Subscription:
+    f = dict(_children(element))
+    extra: dict[str, object] = {}
+    if "AccessoryDataList" in f:
+        extra["accessory_data_list"] = etree.canonicalize(
+            f["AccessoryDataList"], strip_text=True)
+    if "InvoicingCycle" in f:
+        extra["invoicing_cycle"] = _read_cycle(f["InvoicingCycle"])
+    if "RatingCycle" in f:
+        extra["rating_cycle"] = _read_cycle(f["RatingCycle"])
+    for tag, attr in (("Timezone", "timezone"), ("CostCentre", "cost_centre")):
+        if tag in f:
+            extra[attr] = KeyedText(f[tag].get("key", ""), _text(f[tag]))
+    objects = [c for n, c in _children(f["Properties"]) if n == "Object"]
+    return Subscription(
+        usn=_text(f["USN"]).strip(),
+        sid=int(_text(f["SID"])),
+        service_name=_text(f["ServiceName"]),
+        parent=_text(f["Parent"]).strip(),
+        properties=_read_object(objects[0]) if objects else (),
+        statuses=Statuses(
+            ProvisionStatus(_text(f["ProvisionStatus"]).strip()),
+            SuspendStatus(_text(f["SuspendStatus"]).strip()),
+            ActivateStatus(_text(f["ActivateStatus"]).strip()),
+            EnableStatus(_text(f["EnableStatus"]).strip()),
+        ),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def _read_feature(element: etree._Element) -> Feature:
+    f = dict(_children(element))
+    return Feature(int(_text(f["FeatureId"])), _text(f["Name"]), _read_object(f["Object"]))
+
+
+def _read_plan(element: etree._Element) -> PlanScheduleItem:
+    f = dict(_children(element))
+    start = None
+    if "Start" in f:
+        try:
+            start = parse_datetime(_text(f["Start"]))
+        except ValueError as exc:
+            raise _ValueProblem(f["Start"], f"dateTime out of range: {exc}") from exc
+    return PlanScheduleItem(_text(f["PlanCode"]).strip(), int(_text(f["PlanScheduleType"])), start)
+
+
+def _read_document(root: etree._Element) -> Document:
+    name = _local(root.tag)
+    parts = dict(_children(root))
+    if name == "SubscriptionFeaturesUpdate":
+        return SubscriptionFeaturesUpdate(
+            _read_subscription(parts["Subscription"]),
+            tuple(_read_feature(c) for _, c in _children(parts["ActiveFeatures"])),
+            tuple(_read_plan(c) for _, c in _children(parts["PlanScheduleItems"])),
+        )
+    if name == "SubscriptionUpdated":
+        return SubscriptionUpdated(_read_subscription(parts["Subscription"]))
+    message = parts.get("message")
+    return SubscriptionProvisionResponse(
+        int(_text(parts["provisionRequestId"])),
+        _text(parts["status"]).strip(),
+        None if message is None else _text(message),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# model -> XML
+
+
+def _format_value(value: PropertyValue) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _add(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:
+    child = etree.SubElement(parent, _NS + tag)
+    if text:
+        child.text = text
+    return child
+
+
+def _write_object(parent: etree._Element, properties: tuple[Property, ...]) -> None:
+    obj = _add(parent, "Object")
+    for prop in properties:
+        _add(obj, prop.type.value, _format_value(prop.value)).set("name", prop.name)
+
+
+def _write_subscription(parent: etree._Element, sub: Subscription) -> None:
+    el = _add(parent, "Subscription")
+    _add(el, "USN", sub.usn)
+    _add(el, "SID", str(sub.sid))
+    _add(el, "ServiceName", sub.service_name)
+    _add(el, "Parent", sub.parent)
+    _write_object(_add(el, "Properties"), sub.properties)
+    _add(el, "ProvisionStatus", sub.statuses.provision.value)
+    _add(el, "SuspendStatus", sub.statuses.suspend.value)
+    _add(el, "ActivateStatus", sub.statuses.activate.value)
+    _add(el, "EnableStatus", sub.statuses.enable.value)
+    if sub.accessory_data_list is not None:
+        el.append(etree.fromstring(sub.accessory_data_list, SmileXmlCodec._new_parser()))
+    for tag, cycle in (("InvoicingCycle", sub.invoicing_cycle), ("RatingCycle", sub.rating_cycle)):
+        if cycle is not None:
+            c = _add(el, tag)
+            _add(c, "CycleType", cycle.cycle_type)
+            _add(c, "CycleDay", str(cycle.cycle_day))
+    for tag, keyed in (("Timezone", sub.timezone), ("CostCentre", sub.cost_centre)):
+        if keyed is not None:
+            _add(el, tag, keyed.text).set("key", keyed.key)
+
+
+def _write_document(document: Document) -> etree._Element:
+    if isinstance(document, SubscriptionProvisionResponse):
+        root = etree.Element(_NS + "SubscriptionProvisionResponse", nsmap=_NSMAP)
+        _add(root, "provisionRequestId", str(document.provision_request_id))
+        _add(root, "status", document.status)
+        if document.message is not None:
+            _add(root, "message", document.message)
+        return root
+    if isinstance(document, SubscriptionUpdated):
+        root = etree.Element(_NS + "SubscriptionUpdated", nsmap=_NSMAP)
+        _write_subscription(root, document.subscription)
+        return root
+    root = etree.Element(_NS + "SubscriptionFeaturesUpdate", nsmap=_NSMAP)
+    _write_subscription(root, document.subscription)
+    features = _add(root, "ActiveFeatures")
+    for feature in document.features:
+        f = _add(features, "Feature")
+        _add(f, "FeatureId", str(feature.feature_id))
+        _add(f, "Name", feature.name)
+        _write_object(f, feature.properties)
+    plans = _add(root, "PlanScheduleItems")
+    for plan in document.plans:
+        p = _add(plans, "PlanScheduleItem")
+        _add(p, "PlanCode", plan.plan_code)
+        _add(p, "PlanScheduleType", str(plan.plan_schedule_type))
+        if plan.start is not None:
+            _add(p, "Start", format_datetime(plan.start))
+    return root

@@ -1,0 +1,25 @@
+"""The composition root: the only place in gateway/ that builds adapters and wires them."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+from adapters.smile_xml import SmileXmlCodec
+from gateway.batch import Checker
+from gateway.config import Settings
+
+
+def build_codec(settings: Settings) -> SmileXmlCodec:
+    return SmileXmlCodec(settings.schema.path, settings.schema.max_bytes)
+
+
+def _checker(schema_path: Path, max_bytes: int) -> Checker:
+    return Checker(SmileXmlCodec(schema_path, max_bytes), max_bytes,
+                   lambda: sys.stdin.buffer.read(max_bytes + 1))
+
+
+def checker_factory(settings: Settings) -> partial[Checker]:
+    """A picklable factory, so that each validate worker process builds its own codec."""
+    return partial(_checker, settings.schema.path, settings.schema.max_bytes)

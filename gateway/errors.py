@@ -1,0 +1,130 @@
+"""The gateway's one exception tree.
+
+    GatewayError
+    ├── ConfigError               names the key and what is allowed        -> exit 2
+    ├── DocumentError
+    │   ├── DocumentParseError    not well-formed, DOCTYPE, too large      -> 400 / exit 1
+    │   └── DocumentInvalidError  .violations (line, column, path, message)-> 422 / exit 1
+    ├── MappingError              unknown state (lists allowed)            -> 422 / exit 2
+    ├── TransitionError           names from and to                        -> 409 / exit 1
+    ├── UnknownSubscriptionError                                           -> 422
+    ├── DeliveryError             retryable by the relay
+    │   ├── PublishError
+    │   └── ForwardError
+    └── StoreError                                                         -> 503
+
+Library errors (lxml, stomp.py, sqlite3, requests) are translated once, at the adapter that
+meets them, with `raise X from exc`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+_MAX_TEXT = 200
+
+
+def clip(text: str, limit: int = _MAX_TEXT) -> str:
+    """Cut a payload or message for an error text, so that errors stay readable."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A configuration key is unknown, missing or holds a bad value."""
+
+    def __init__(self, key: str, problem: str, allowed: Iterable[str] = ()) -> None:
+        self.key = key
+        self.problem = problem
+        self.allowed = tuple(allowed)
+        text = f"{key}: {problem}"
+        if self.allowed:
+            text += f" (allowed: {', '.join(self.allowed)})"
+        super().__init__(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One problem found in a document: where it is and what was expected."""
+
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"line": self.line, "column": self.column, "path": self.path,
+                "message": self.message}
+
+
+class DocumentError(GatewayError):
+    """A document could not be accepted; `.violations` says where and why."""
+
+    def __init__(self, message: str, violations: Sequence[Violation] = ()) -> None:
+        self.violations = tuple(violations)
+        super().__init__(message)
+
+
+class DocumentParseError(DocumentError):
+    """Not well-formed XML, a DOCTYPE, or over the size limit."""
+
+
+class DocumentInvalidError(DocumentError):
+    """Well-formed, but violates the schema or a documented header rule."""
+
+
+class MappingError(GatewayError):
+    """A state, status or message type the mapping does not know."""
+
+    def __init__(self, message: str, allowed: Iterable[str] = ()) -> None:
+        self.allowed = tuple(allowed)
+        if self.allowed:
+            message += f" (allowed: {', '.join(self.allowed)})"
+        super().__init__(message)
+
+
+class TransitionError(GatewayError):
+    """The transition graph does not allow this change."""
+
+    def __init__(self, vocabulary: str, current: str, wanted: str,
+                 allowed: Iterable[str] = ()) -> None:
+        self.vocabulary = vocabulary
+        self.current = current
+        self.wanted = wanted
+        self.allowed = tuple(allowed)
+        nexts = ", ".join(self.allowed) if self.allowed else "none: it is final"
+        super().__init__(
+            f"{vocabulary} transition refused: {current} -> {wanted} "
+            f"(from {current} the graph allows: {nexts})")
+
+
+class UnknownSubscriptionError(GatewayError):
+    """No snapshot is stored for this usn."""
+
+    def __init__(self, usn: str) -> None:
+        self.usn = usn
+        super().__init__(f"unknown subscription usn={clip(usn)}")
+
+
+class DeliveryError(GatewayError):
+    """A send failed in a way that a later attempt may fix."""
+
+
+class PublishError(DeliveryError):
+    """The broker did not confirm a message (receipt timeout, ERROR frame, lost connection)."""
+
+
+class ForwardError(DeliveryError):
+    """The order system did not accept a forwarded event."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class StoreError(GatewayError):
+    """The store is unavailable or refused a write."""

@@ -1,0 +1,252 @@
+"""Transition graphs and the state <-> Smile tables, loaded and checked from config (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping as AnyMapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.domain import (
+    MESSAGE_TYPES,
+    ActivateStatus,
+    EnableStatus,
+    ProvisionStatus,
+    Statuses,
+    SuspendStatus,
+)
+from gateway.errors import ConfigError, MappingError, TransitionError
+
+STATUS_FLAGS: dict[str, type[ProvisionStatus | SuspendStatus | ActivateStatus | EnableStatus]] = {
+    "provision": ProvisionStatus,
+    "suspend": SuspendStatus,
+    "activate": ActivateStatus,
+    "enable": EnableStatus,
+}
+_OUTBOUND_KEYS = (*STATUS_FLAGS, "message", "response")
+_VOCABULARY_KEYS = ("states", "case_sensitive", "initial", "transitions", "outbound")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRule:
+    """What entering a state emits: new flag values (None keeps), a message, a response."""
+
+    provision: ProvisionStatus | None = None
+    suspend: SuspendStatus | None = None
+    activate: ActivateStatus | None = None
+    enable: EnableStatus | None = None
+    message: str | None = None
+    response: str | None = None
+
+    def apply(self, current: Statuses) -> Statuses:
+        return Statuses(
+            self.provision or current.provision,
+            self.suspend or current.suspend,
+            self.activate or current.activate,
+            self.enable or current.enable,
+        )
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {key: (None if (v := getattr(self, key)) is None else str(v))
+                for key in _OUTBOUND_KEYS}
+
+
+NO_EMISSION = OutboundRule()
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """One internal vocabulary (order, subscription): states, graph and outbound table."""
+
+    name: str
+    states: tuple[str, ...]
+    display: dict[str, str]
+    case_sensitive: bool
+    initial: tuple[str, ...]
+    transitions: dict[str, tuple[str, ...]]
+    outbound: dict[str, OutboundRule]
+
+    def resolve(self, text: str) -> str:
+        """The state id for `text` (an id, or a display name when the vocabulary allows it)."""
+        if text in self.transitions:
+            return text
+        if not self.case_sensitive:
+            folded = text.strip().casefold()
+            for state in self.states:
+                if folded in (state.casefold(), self.display.get(state, "").casefold()):
+                    return state
+        raise MappingError(f"unknown {self.name} state {text!r}", self.states)
+
+    def check_transition(self, current: str | None, wanted: str) -> bool:
+        """True when current -> wanted is a change the graph allows, False for a harmless repeat.
+
+        Raises TransitionError when the graph refuses it (a new one must start at `initial`).
+        """
+        if current == wanted:
+            return False
+        if current is None:
+            if wanted not in self.initial:
+                raise TransitionError(self.name, "(new)", wanted, self.initial)
+            return True
+        allowed = self.transitions.get(current, ())
+        if wanted not in allowed:
+            raise TransitionError(self.name, current, wanted, allowed)
+        return True
+
+    def rule(self, state: str) -> OutboundRule:
+        return self.outbound.get(state, NO_EMISSION)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRule:
+    when: dict[str, str]
+    states: dict[str, str | None]
+
+    def matches(self, statuses: Statuses) -> bool:
+        flags = statuses.as_dict()
+        return all(flags[flag] == value for flag, value in self.when.items())
+
+
+@dataclass(frozen=True, slots=True)
+class StateMapping:
+    vocabularies: dict[str, Vocabulary]
+    inbound: tuple[InboundRule, ...]
+    response_statuses: tuple[str, ...]
+
+    def vocabulary(self, name: str) -> Vocabulary:
+        try:
+            return self.vocabularies[name]
+        except KeyError:
+            raise MappingError(f"unknown vocabulary {name!r}", self.vocabularies) from None
+
+    def inbound_states(self, statuses: Statuses) -> dict[str, str | None]:
+        """Smile flags -> {vocabulary: state or None (no change)}; first matching rule wins."""
+        for rule in self.inbound:
+            if rule.matches(statuses):
+                return dict(rule.states)
+        return dict.fromkeys(self.vocabularies)
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+
+def _expect_mapping(value: Any, key: str) -> AnyMapping[str, Any]:
+    if not isinstance(value, AnyMapping):
+        raise ConfigError(key, f"expected a mapping, found {type(value).__name__}")
+    return value
+
+
+def _expect_list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list, found {type(value).__name__}")
+    return value
+
+
+def _check_keys(raw: AnyMapping[str, Any], key: str, allowed: tuple[str, ...]) -> None:
+    for name in raw:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", "unknown key", allowed)
+
+
+def _state_list(value: Any, key: str, states: tuple[str, ...]) -> tuple[str, ...]:
+    items = _expect_list(value, key)
+    for item in items:
+        if item not in states:
+            raise ConfigError(key, f"unknown state {item!r}", states)
+    return tuple(items)
+
+
+def _load_rule(raw: Any, key: str, response_statuses: tuple[str, ...]) -> OutboundRule:
+    rule = _expect_mapping(raw, key)
+    _check_keys(rule, key, _OUTBOUND_KEYS)
+    values: dict[str, Any] = {}
+    for flag, enum in STATUS_FLAGS.items():
+        if flag in rule:
+            allowed = tuple(e.value for e in enum)
+            if rule[flag] not in allowed:
+                raise ConfigError(f"{key}.{flag}", f"unknown status {rule[flag]!r}", allowed)
+            values[flag] = enum(rule[flag])
+    message = rule.get("message")
+    if message is not None and message not in MESSAGE_TYPES:
+        raise ConfigError(f"{key}.message", f"unknown message type {message!r}", MESSAGE_TYPES)
+    response = rule.get("response")
+    if response is not None and response not in response_statuses:
+        raise ConfigError(f"{key}.response", f"unknown response status {response!r}",
+                          response_statuses)
+    return OutboundRule(message=message, response=response, **values)
+
+
+def _load_vocabulary(name: str, raw: Any, key: str,
+                     response_statuses: tuple[str, ...]) -> Vocabulary:
+    spec = _expect_mapping(raw, key)
+    _check_keys(spec, key, _VOCABULARY_KEYS)
+    raw_states = spec.get("states")
+    if isinstance(raw_states, AnyMapping):
+        display = {str(k): str(v) for k, v in raw_states.items()}
+        states = tuple(display)
+    else:
+        states = tuple(str(s) for s in _expect_list(raw_states, f"{key}.states"))
+        display = {}
+    if not states:
+        raise ConfigError(f"{key}.states", "a vocabulary needs at least one state")
+    graph = _expect_mapping(spec.get("transitions", {}), f"{key}.transitions")
+    transitions: dict[str, tuple[str, ...]] = {}
+    for state in states:
+        if state not in graph:
+            raise ConfigError(f"{key}.transitions", f"state {state!r} has no row "
+                              "(write [] for a final state)")
+    for state, nexts in graph.items():
+        if state not in states:
+            raise ConfigError(f"{key}.transitions.{state}", "unknown state", states)
+        transitions[state] = _state_list(nexts or [], f"{key}.transitions.{state}", states)
+    outbound_raw = _expect_mapping(spec.get("outbound", {}), f"{key}.outbound")
+    outbound = {}
+    for state, rule in outbound_raw.items():
+        if state not in states:
+            raise ConfigError(f"{key}.outbound.{state}", "unknown state", states)
+        outbound[state] = _load_rule(rule, f"{key}.outbound.{state}", response_statuses)
+    case_sensitive = spec.get("case_sensitive", True)
+    if not isinstance(case_sensitive, bool):
+        raise ConfigError(f"{key}.case_sensitive", "expected true or false")
+    return Vocabulary(
+        name=name,
+        states=states,
+        display=display,
+        case_sensitive=case_sensitive,
+        initial=_state_list(spec.get("initial", list(states[:1])), f"{key}.initial", states),
+        transitions=transitions,
+        outbound=outbound,
+    )
+
+
+def load_mapping(raw: Any, key: str = "mapping") -> StateMapping:
+    """Build the StateMapping from the `mapping` section; ConfigError names the bad key."""
+    spec = _expect_mapping(raw, key)
+    _check_keys(spec, key, ("response_statuses", "vocabularies", "inbound"))
+    response_statuses = tuple(
+        str(s) for s in _expect_list(spec.get("response_statuses", ["Provisioned"]),
+                                     f"{key}.response_statuses"))
+    vocab_raw = _expect_mapping(spec.get("vocabularies"), f"{key}.vocabularies")
+    vocabularies = {
+        str(name): _load_vocabulary(str(name), v, f"{key}.vocabularies.{name}", response_statuses)
+        for name, v in vocab_raw.items()
+    }
+    rules = []
+    for i, raw_rule in enumerate(_expect_list(spec.get("inbound", []), f"{key}.inbound")):
+        rkey = f"{key}.inbound[{i}]"
+        rule = _expect_mapping(raw_rule, rkey)
+        _check_keys(rule, rkey, ("when", *vocabularies))
+        when = dict(_expect_mapping(rule.get("when", {}), f"{rkey}.when"))
+        for flag, value in when.items():
+            if flag not in STATUS_FLAGS:
+                raise ConfigError(f"{rkey}.when.{flag}", "unknown status flag", STATUS_FLAGS)
+            allowed = tuple(e.value for e in STATUS_FLAGS[flag])
+            if value not in allowed:
+                raise ConfigError(f"{rkey}.when.{flag}", f"unknown status {value!r}", allowed)
+        states: dict[str, str | None] = {}
+        for vname, vocab in vocabularies.items():
+            state = rule.get(vname)
+            if state is not None and state not in vocab.states:
+                raise ConfigError(f"{rkey}.{vname}", f"unknown state {state!r}", vocab.states)
+            states[vname] = state
+        rules.append(InboundRule(when, states))
+    return StateMapping(vocabularies, tuple(rules), response_statuses)

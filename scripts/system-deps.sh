@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and benchmarks need, when they are missing:
+# libxml2-utils (xmllint, the reference validator) and activemq (the test broker).
+set -euo pipefail
+
+want=()
+command -v xmllint >/dev/null 2>&1 || want+=(libxml2-utils)
+[ -f /usr/share/activemq/bin/activemq.jar ] || want+=(activemq)
+command -v java >/dev/null 2>&1 || want+=(default-jre-headless)
+[ ${#want[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null 2>&1 || { echo "system-deps: need root to install ${want[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
+echo "system-deps: installing ${want[*]}" >&2
+$sudo apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null

@@ -1,0 +1,41 @@
+"""Shared fixtures: the project's own schema, samples and fixtures; never a copy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from adapters.smile_xml import SmileXmlCodec
+from gateway.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+XSD = ROOT / "xsd" / "smile-2.xsd"
+SAMPLES = ROOT / "samples"
+DATA = ROOT / "tests" / "data"
+INVALID = DATA / "invalid"
+
+
+@pytest.fixture(scope="session")
+def codec() -> SmileXmlCodec:
+    return SmileXmlCodec(XSD)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings(ROOT / "config.yaml", {})
+
+
+def run_cli(args: Sequence[str], stdin: bytes | None = None, env: dict[str, str] | None = None,
+            cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real entry point, in a child process, with a timeout."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], input=stdin, capture_output=True,
+        cwd=cwd, env=full_env, timeout=timeout, check=False,
+        text=stdin is None)  # type: ignore[call-overload]

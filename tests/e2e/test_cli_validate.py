@@ -1,0 +1,99 @@
+"""`smile-gateway validate` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.conftest import INVALID, SAMPLES, run_cli
+
+
+def test_the_bundled_samples_are_all_valid() -> None:
+    done = run_cli(["validate", "samples/"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "10 valid, 0 invalid"
+
+
+def test_every_invalid_fixture_exits_1_with_located_lines() -> None:
+    done = run_cli(["validate", str(INVALID)])
+    assert done.returncode == 1
+    lines = done.stdout.strip().splitlines()
+    total = len(list(INVALID.glob("*.xml")))
+    assert lines[-1] == f"0 valid, {total} invalid"
+    named = {line.split(":", 1)[0] for line in lines[:-1]}
+    assert named == {str(p) for p in INVALID.glob("*.xml")}
+    for line in lines[:-1]:
+        _path, row, col, message = line.split(":", 3)
+        assert int(row) >= 1 and int(col) >= 1 and message.strip(), line
+    assert "Traceback" not in done.stderr
+
+
+def test_text_lines_are_path_line_column_message() -> None:
+    done = run_cli(["validate", str(INVALID / "sid-not-integer.xml")])
+    assert done.stdout.splitlines()[0] == (
+        f"{INVALID / 'sid-not-integer.xml'}:5:5: Element 'SID': 'S170' is not a valid value of "
+        "the atomic type 'xs:long'.")
+
+
+def test_json_output_lists_every_file_with_its_errors() -> None:
+    done = run_cli(["validate", "--format", "json", str(INVALID / "several-violations.xml"),
+                    str(SAMPLES / "SubscriptionClosed.xml")])
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert (report["valid"], report["invalid"]) == (1, 1)
+    first, second = report["files"]
+    assert first["valid"] is False and second == {
+        "path": str(SAMPLES / "SubscriptionClosed.xml"), "valid": True, "errors": []}
+    assert [e["path"] for e in first["errors"]] == [
+        "/SubscriptionFeaturesUpdate/Subscription/SID",
+        "/SubscriptionFeaturesUpdate/Subscription/EnableStatus",
+        "/SubscriptionFeaturesUpdate/PlanScheduleItems/PlanScheduleItem/PlanScheduleType"]
+    assert set(first["errors"][0]) == {"line", "column", "path", "message"}
+
+
+def test_standard_input_is_read_for_a_dash() -> None:
+    good = run_cli(["validate", "-"], stdin=(SAMPLES / "SubscriptionEnabled.xml").read_bytes())
+    assert good.returncode == 0 and b"1 valid, 0 invalid" in good.stdout
+    bad = run_cli(["validate", "-"], stdin=(INVALID / "truncated.xml").read_bytes())
+    assert bad.returncode == 1 and bad.stdout.startswith(b"<stdin>:14:")
+
+
+def test_worker_processes_give_the_same_report_in_the_same_order(tmp_path: Path) -> None:
+    for i in range(40):  # more than one chunk's worth across two folders
+        src = SAMPLES / "SubscriptionActivated.xml" if i % 3 else INVALID / "sid-not-integer.xml"
+        shutil.copy(src, tmp_path / f"{i:03d}.xml")
+    one = run_cli(["validate", "--jobs", "1", str(tmp_path), str(INVALID)])
+    two = run_cli(["validate", "--jobs", "2", str(tmp_path), str(INVALID)])
+    assert one.returncode == two.returncode == 1
+    assert one.stdout == two.stdout
+
+
+def test_an_unreadable_path_exits_2_and_the_rest_is_still_checked(tmp_path: Path) -> None:
+    done = run_cli(["validate", str(tmp_path / "missing.xml"), str(SAMPLES)])
+    assert done.returncode == 2
+    assert "missing.xml: cannot read: no such file or folder" in done.stderr
+    assert "10 valid, 0 invalid" in done.stdout
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli(["validate"]).returncode == 2
+    bad_jobs = run_cli(["validate", "--jobs", "0", "samples"])
+    assert bad_jobs.returncode == 2 and "must be at least 1" in bad_jobs.stderr
+    assert run_cli(["validate", "--format", "yaml", "samples"]).returncode == 2
+
+
+def test_only_xml_files_below_a_folder_are_taken(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not xml")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    shutil.copy(SAMPLES / "SubscriptionClosed.xml", tmp_path / "deep" / "er" / "a.xml")
+    done = run_cli(["validate", str(tmp_path)])
+    assert done.returncode == 0 and "1 valid, 0 invalid" in done.stdout
+
+
+def test_a_bad_configuration_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("schema:\n  max_bytez: 5\n")
+    done = run_cli(["validate", "--config", str(cfg), "samples"])
+    assert done.returncode == 2
+    assert "schema.max_bytez: unknown key" in done.stderr

@@ -1,0 +1,263 @@
+"""SmileXmlCodec against xsd/smile-2.xsd, the samples and the faulty fixtures."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+import xmlschema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from adapters.smile_xml import SmileXmlCodec
+from gateway import domain
+from gateway.domain import (
+    Feature,
+    PlanScheduleItem,
+    Property,
+    PropertyType,
+    Statuses,
+    Subscription,
+    SubscriptionFeaturesUpdate,
+    SubscriptionProvisionResponse,
+    SubscriptionUpdated,
+)
+from gateway.errors import DocumentInvalidError, DocumentParseError
+from tests.conftest import INVALID, SAMPLES, XSD
+
+SAMPLE_FILES = sorted(SAMPLES.glob("*.xml"))
+
+# Every invalid fixture, with the place and the words its first violation must name.
+EXPECTED = {
+    "boolean-property-not-true-false.xml": (11, "/Properties/Object/Boolean[1]", "expected true, false"),
+    "date-property-not-a-date.xml": (13, "/Properties/Object/Date", "'1980-02-30'"),
+    "elements-out-of-order.xml": (4, "/Subscription/SID", "Expected is ( USN )"),
+    "empty-file.xml": (1, "", "Document is empty"),
+    "empty-usn.xml": (4, "/Subscription/USN", "minimum length"),
+    "entity-expansion-bomb.xml": (2, "", "DOCTYPE is not allowed"),
+    "external-dtd.xml": (2, "", "DOCTYPE is not allowed"),
+    "feature-id-not-integer.xml": (22, "/ActiveFeatures/Feature/FeatureId", "'F-1'"),
+    "missing-plan-schedule-item.xml": (21, "/PlanScheduleItems", "Expected is ( PlanScheduleItem )"),
+    "missing-usn.xml": (4, "/Subscription/SID", "Expected is ( USN )"),
+    "not-utf8.xml": (6, "", "Invalid bytes in character encoding"),
+    "oversize.xml": (1, "", "over the limit of 1048576"),
+    "property-without-name.xml": (10, "/Properties/Object/String", "attribute 'name' is required"),
+    "response-request-id-not-integer.xml": (3, "/SubscriptionProvisionResponse/provisionRequestId", "'abc'"),
+    "response-without-status.xml": (4, "/SubscriptionProvisionResponse/message", "Expected is ( status )"),
+    "schema-location-hint-ignored.xml": (7, "/Subscription/SID", "'one-seventy'"),
+    "several-violations.xml": (5, "/Subscription/SID", "'x' is not a valid value"),
+    "sid-not-integer.xml": (5, "/SubscriptionFeaturesUpdate/Subscription/SID", "'S170' is not a valid value of the atomic type 'xs:long'"),
+    "start-not-a-datetime.xml": (25, "/PlanScheduleItem/Start", "expected a dateTime with a UTC offset"),
+    "start-without-offset.xml": (25, "/PlanScheduleItem/Start", "'2012-08-08T00:00:00.000'"),
+    "truncated.xml": (14, "", "not well-formed"),
+    "unknown-element.xml": (19, "/Subscription/Colour", "Expected is one of ( AccessoryDataList"),
+    "unknown-provision-status.xml": (15, "/Subscription/ProvisionStatus", "'ReadyToProvison' is not an element of the set"),
+    "wrong-namespace.xml": (2, "/SubscriptionFeaturesUpdate", "in namespace http://xml.inomial.com/smile/2.xsd"),
+    "wrong-root-element.xml": (2, "/SubscriptionFeatureUpdate", "expected a root element"),
+    "xxe-external-entity.xml": (2, "", "DOCTYPE is not allowed"),
+}
+
+
+def canonical(data: bytes) -> str:
+    return etree.canonicalize(etree.fromstring(data), strip_text=True)
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: p.name)
+def test_every_sample_is_valid_and_round_trips_byte_for_byte(codec: SmileXmlCodec, path) -> None:
+    data = path.read_bytes()
+    assert codec.check(data) == []
+    document = codec.decode(data)
+    rendered = codec.encode(document)
+    assert codec.decode(rendered) == document
+    assert canonical(rendered) == canonical(data)
+    assert rendered == data
+
+
+def test_there_is_a_sample_for_every_features_update_type_and_the_other_bodies() -> None:
+    names = {p.stem for p in SAMPLE_FILES}
+    wanted = {n for n, t in domain.MESSAGE_TYPES.items() if n != "SubscriptionUpdated"}
+    assert wanted <= names
+
+
+def test_the_seed_example_decodes_to_its_documented_values(codec: SmileXmlCodec) -> None:
+    doc = codec.decode((SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes())
+    assert isinstance(doc, SubscriptionFeaturesUpdate)
+    sub = doc.subscription
+    assert (sub.usn, sub.sid, sub.parent) == ("2142426762", 170, "1000000008")
+    assert sub.statuses.as_dict() == {"provision": "ReadyToProvision", "suspend": "Active",
+                                      "activate": "Activated", "enable": "NotEnabled"}
+    assert sub.properties[1] == Property(PropertyType.BOOLEAN, "billPrintName", False)
+    assert doc.features == ()
+    assert doc.plans[0].start == datetime(2012, 8, 8, tzinfo=timezone(timedelta(hours=10)))
+
+
+def test_property_values_become_python_types_and_empty_means_none(codec: SmileXmlCodec) -> None:
+    doc = codec.decode((SAMPLES / "SubscriptionProvisioned.xml").read_bytes())
+    assert isinstance(doc, SubscriptionFeaturesUpdate)
+    values = {p.name: p.value for p in doc.subscription.properties}
+    assert values == {"username": "ann@example.net", "abn": None, "vlan": 2101, "dob": None}
+    assert doc.subscription.usn == "058554"  # a string: the leading zero stays
+    cmd = codec.decode((SAMPLES / "SubscriptionProvisionCommand.xml").read_bytes())
+    assert isinstance(cmd, SubscriptionFeaturesUpdate)
+    assert cmd.subscription.properties[1].value == date(2024, 3, 1)
+    assert cmd.features[0].properties[0].value == Decimal("15.50")
+
+
+@pytest.mark.parametrize("path", sorted(INVALID.glob("*.xml")), ids=lambda p: p.name)
+def test_every_invalid_fixture_is_refused_with_a_located_error(codec: SmileXmlCodec, path) -> None:
+    assert path.name in EXPECTED, f"add {path.name} to EXPECTED with what it must report"
+    line, where, words = EXPECTED[path.name]
+    data = path.read_bytes()
+    found = codec.check(data)
+    assert found, f"{path.name} was accepted"
+    first = found[0]
+    assert first.line == line
+    assert first.column >= 1
+    assert first.path.endswith(where)
+    assert words in first.message
+    with pytest.raises((DocumentParseError, DocumentInvalidError)) as caught:
+        codec.decode(data)
+    assert caught.value.violations == tuple(found)
+
+
+def test_there_are_at_least_fifteen_invalid_fixtures_each_named_in_the_table() -> None:
+    names = {p.name for p in INVALID.glob("*.xml")}
+    assert len(names) >= 15
+    assert names == set(EXPECTED)
+
+
+def test_every_violation_is_reported_not_only_the_first(codec: SmileXmlCodec) -> None:
+    found = codec.check((INVALID / "several-violations.xml").read_bytes())
+    assert [(v.line, v.path.rsplit("/", 1)[-1]) for v in found] == [
+        (5, "SID"), (18, "EnableStatus"), (24, "PlanScheduleType")]
+    assert all(v.column == 5 or v.column == 7 for v in found)
+
+
+def test_an_external_entity_never_reads_the_local_file(codec: SmileXmlCodec) -> None:
+    data = (INVALID / "xxe-external-entity.xml").read_bytes()
+    with pytest.raises(DocumentParseError) as caught:
+        codec.decode(data)
+    assert "root:" not in str(caught.value)
+    assert all("root:" not in v.message for v in caught.value.violations)
+
+
+def test_a_doctype_in_utf16_is_refused_after_parsing(codec: SmileXmlCodec) -> None:
+    data = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'
+    found = codec.check(data.encode("utf-16"))
+    assert found and "DOCTYPE" in found[0].message
+
+
+def test_a_schema_location_hint_in_a_document_is_never_followed(codec: SmileXmlCodec) -> None:
+    # The hint names tests/data/invalid/permissive.xsd, which would accept the document.
+    found = codec.check((INVALID / "schema-location-hint-ignored.xml").read_bytes())
+    assert [v.path for v in found] == ["/SubscriptionFeaturesUpdate/Subscription/SID"]
+
+
+def test_a_value_xsd_accepts_but_python_cannot_hold_is_a_located_violation(
+        codec: SmileXmlCodec) -> None:
+    data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes().replace(
+        b"2012-08-08T00:00:00.000+10:00", b"2012-08-08T24:00:00.000+10:00")
+    with pytest.raises(DocumentInvalidError) as caught:
+        codec.decode(data)
+    assert caught.value.violations[0].path.endswith("/PlanScheduleItem/Start")
+
+
+def test_status_enumerations_in_the_schema_match_the_domain_enums() -> None:
+    tree = etree.parse(str(XSD))
+    ns = {"xs": "http://www.w3.org/2001/XMLSchema"}
+    for type_name, enum in (("ProvisionStatusType", domain.ProvisionStatus),
+                            ("SuspendStatusType", domain.SuspendStatus),
+                            ("ActivateStatusType", domain.ActivateStatus),
+                            ("EnableStatusType", domain.EnableStatus)):
+        values = tree.xpath(f"//xs:simpleType[@name='{type_name}']//xs:enumeration/@value",
+                            namespaces=ns)
+        assert values == [e.value for e in enum], type_name
+
+
+def test_the_schema_loads_in_xmlschema_and_agrees_on_the_fixtures() -> None:
+    schema = xmlschema.XMLSchema(str(XSD))
+    for path in SAMPLE_FILES:
+        schema.validate(str(path))
+    for name in ("sid-not-integer.xml", "unknown-provision-status.xml",
+                 "start-without-offset.xml", "property-without-name.xml"):
+        assert not schema.is_valid(str(INVALID / name)), name
+
+
+def test_the_schema_loads_in_xmllint() -> None:
+    xmllint = shutil.which("xmllint")
+    if xmllint is None:
+        pytest.fail("xmllint is missing: `make test` installs libxml2-utils")
+    ok = subprocess.run([xmllint, "--noout", "--nonet", "--schema", str(XSD),
+                         *map(str, SAMPLE_FILES)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([xmllint, "--noout", "--nonet", "--schema", str(XSD),
+                          str(INVALID / "sid-not-integer.xml")], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 3 and "SID" in bad.stderr
+
+
+def test_rendering_an_invalid_model_is_refused(codec: SmileXmlCodec) -> None:
+    bad = SubscriptionProvisionResponse(1, "   ")
+    with pytest.raises(DocumentInvalidError):
+        codec.encode(bad)
+
+
+def test_rendering_is_deterministic_with_a_double_quoted_declaration(codec: SmileXmlCodec) -> None:
+    doc = codec.decode((SAMPLES / "SubscriptionClosed.xml").read_bytes())
+    assert isinstance(doc, SubscriptionUpdated)
+    first, second = codec.encode(doc), codec.encode(doc)
+    assert first == second
+    assert first.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<SubscriptionUpdated ')
+
+
+# -- generated documents: parse(build(x)) == x -------------------------------------------------
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20)
+_token = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,15}", fullmatch=True)
+_moment = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1),
+                       timezones=st.sampled_from([UTC, timezone(timedelta(hours=10)),
+                                                  timezone(timedelta(hours=-5, minutes=-30))]))
+_ms = _moment.map(lambda d: d.replace(microsecond=(d.microsecond // 1000) * 1000))
+_value = st.one_of(
+    st.tuples(st.just(PropertyType.STRING), st.one_of(st.none(), _text)),
+    st.tuples(st.just(PropertyType.BOOLEAN), st.one_of(st.none(), st.booleans())),
+    st.tuples(st.just(PropertyType.INTEGER), st.one_of(st.none(), st.integers(-10**12, 10**12))),
+    st.tuples(st.just(PropertyType.DECIMAL), st.one_of(st.none(), st.decimals(
+        allow_nan=False, allow_infinity=False, places=3, min_value=-10**6, max_value=10**6))),
+    st.tuples(st.just(PropertyType.DATE), st.one_of(st.none(), st.dates(date(1900, 1, 1)))),
+    st.tuples(st.just(PropertyType.TIMESTAMP), st.one_of(st.none(), _ms)),
+)
+_props = st.lists(st.builds(lambda n, tv: Property(tv[0], n, tv[1]), _token, _value),
+                  max_size=4).map(tuple)
+_statuses = st.builds(Statuses, st.sampled_from(domain.ProvisionStatus),
+                      st.sampled_from(domain.SuspendStatus), st.sampled_from(domain.ActivateStatus),
+                      st.sampled_from(domain.EnableStatus))
+_subscription = st.builds(Subscription, usn=_token, sid=st.integers(0, 2**62),
+                          service_name=_text, parent=_token, properties=_props,
+                          statuses=_statuses)
+_documents = st.one_of(
+    st.builds(SubscriptionFeaturesUpdate, _subscription,
+              st.lists(st.builds(Feature, st.integers(0, 10**9), _text, _props),
+                       max_size=3).map(tuple),
+              st.lists(st.builds(PlanScheduleItem, _token, st.integers(0, 9),
+                                 st.one_of(st.none(), _ms)), min_size=1, max_size=3).map(tuple)),
+    st.builds(SubscriptionUpdated, _subscription),
+    st.builds(SubscriptionProvisionResponse, st.integers(0, 2**62), _token,
+              st.one_of(st.none(), _text)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_documents)
+def test_any_document_survives_a_round_trip(codec: SmileXmlCodec, document) -> None:
+    assert codec.decode(codec.encode(document)) == document
+
+
+def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:
+    found = codec.check((INVALID / "boolean-property-not-true-false.xml").read_bytes())
+    assert not re.search(r"\{http://xml\.inomial\.com/smile/2\.xsd\}", found[0].message)

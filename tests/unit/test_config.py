@@ -1,0 +1,79 @@
+"""load_settings: defaults, files, environment overrides and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_settings
+from gateway.errors import ConfigError
+from tests.conftest import ROOT, XSD
+
+
+def test_the_embedded_defaults_are_the_shipped_config_yaml() -> None:
+    assert (ROOT / "gateway" / "defaults.yaml").resolve() == (ROOT / "config.yaml").resolve()
+
+
+def test_defaults_are_sqlite_with_emission_off(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.yaml here: the built-ins alone
+    s = load_settings(None, {})
+    assert s.store.url == "sqlite:///var/gateway.db"
+    assert s.emission.enabled is False and s.inbound.enabled is False
+    assert s.schema.path == XSD
+    assert (s.webhook.host, s.webhook.port, s.webhook.max_body_bytes) == ("127.0.0.1", 8080, 1 << 20)
+
+
+def test_environment_overrides_any_key_with_json_values() -> None:
+    s = load_settings(None, {"GATEWAY_BROKER__PORT": "61614",
+                             "GATEWAY_EMISSION__ENABLED": "true",
+                             "GATEWAY_EMISSION__DESTINATION": "/topic/Smile",
+                             "GATEWAY_EMISSION__MESSAGE_TYPES__SUBSCRIPTIONCLOSED": "false",
+                             "GATEWAY_BROKER__PASSWORD": "s3cret"})
+    assert s.broker.port == 61614 and s.broker.password == "s3cret"
+    assert s.emission.sends("SubscriptionProvisioned")
+    assert not s.emission.sends("SubscriptionClosed")
+    assert s.emission.destination == "/topic/Smile"
+
+
+def test_a_file_only_needs_the_keys_it_changes(tmp_path: Path) -> None:
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("store:\n  url: sqlite:////tmp/x.db\nbroker:\n  port: 61999\n")
+    s = load_settings(cfg, {})
+    assert s.store.url == "sqlite:////tmp/x.db" and s.broker.port == 61999
+    assert s.broker.host == "127.0.0.1"
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("webhook:\n  port: 9999\n")
+    assert load_settings(None, {"GATEWAY_CONFIG": str(cfg)}).webhook.port == 9999
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ("brokr:\n  host: x\n", "brokr", "unknown section"),
+    ("broker:\n  hots: x\n", "broker.hots", "unknown key"),
+    ("broker:\n  port: many\n", "broker.port", "expected an integer"),
+    ("emission:\n  enabled: maybe\n", "emission.enabled", "expected true or false"),
+    ("emission:\n  message_types:\n    SubscriptionFoo: true\n",
+     "emission.message_types.SubscriptionFoo", "unknown message type"),
+    ("emission:\n  destination: SmileSubscription\n", "emission.destination", "not a STOMP"),
+    ("webhook:\n  secret: whsec_abc\n", "webhook.secret", "environment only"),
+    ("broker:\n  password: pw\n", "broker.password", "GATEWAY_BROKER__PASSWORD"),
+    ("store:\n  url: mysql://x\n", "store.url", "unsupported store"),
+    ("schema:\n  path: nowhere.xsd\n", "schema.path", "no schema file"),
+    ("logging:\n  level: LOUD\n", "logging.level", "unknown level"),
+    ("broker: [1, 2\n", "", "not valid YAML at line"),
+])
+def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cfg, {})
+    assert str(caught.value).startswith(key or str(cfg))
+    assert words in str(caught.value)
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml", {})
