@@ -106,41 +106,38 @@ def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-Batch = tuple[list[str], "Future[list[FileResult | None]]"]
-
-
-def _expand(chunk: list[str], results: list[FileResult | None]) -> Iterator[FileResult]:
-    for path, result in zip(chunk, results, strict=True):
-        yield FileResult(path) if result is None else result
+Checked = tuple[list[str], list["FileResult | None"]]
+Pending = tuple[list[str], "Future[list[FileResult | None]]"]
 
 
 def run(paths: Iterator[str], checker_factory: Callable[[], Checker],
-        jobs: int = 1) -> Iterator[FileResult]:
-    """Results in input order. With jobs > 1, at most 4 chunks per worker are in flight, so
-    memory stays flat however many files there are."""
+        jobs: int = 1) -> Iterator[Checked]:
+    """(paths, results) per chunk, in input order; a result is None for a valid file, so the
+    caller pays nothing per valid file. With jobs > 1, at most 4 chunks per worker are in
+    flight, so memory stays flat however many files there are."""
     if jobs <= 1:
         checker = checker_factory()
         for chunk in _chunks(paths, CHUNK):
-            yield from _expand(chunk, checker.check(chunk))
+            yield chunk, checker.check(chunk)
         return
     from concurrent.futures import ProcessPoolExecutor  # only a --jobs run pays for it
 
     with ProcessPoolExecutor(jobs, initializer=_init_worker,
                              initargs=(checker_factory,)) as pool:
-        pending: deque[Batch] = deque()
+        pending: deque[Pending] = deque()
         for chunk in _chunks(paths, CHUNK):
             if STDIN in chunk:  # stdin belongs to this process: check it here
                 yield from _drain(pending)
-                yield from _expand(chunk, checker_factory().check(chunk))
+                yield chunk, checker_factory().check(chunk)
                 continue
             pending.append((chunk, pool.submit(_check_in_worker, chunk)))
             if len(pending) >= 4 * jobs:
                 done, future = pending.popleft()
-                yield from _expand(done, future.result())
+                yield done, future.result()
         yield from _drain(pending)
 
 
-def _drain(pending: deque[Batch]) -> Iterator[FileResult]:
+def _drain(pending: deque[Pending]) -> Iterator[Checked]:
     while pending:
         chunk, future = pending.popleft()
-        yield from _expand(chunk, future.result())
+        yield chunk, future.result()

@@ -77,25 +77,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if as_json:
         out.write('{"files":[')
     first = True
-    results = batch.run(batch.discover(args.paths, missing), checker_factory(settings),
-                        args.jobs)
-    for result in results:
-        shown = "<stdin>" if result.path == batch.STDIN else result.path
-        if result.unreadable is not None:
-            missing(shown, result.unreadable)
-            continue
-        if result.valid:
-            valid += 1
+    for chunk, results in batch.run(batch.discover(args.paths, missing),
+                                    checker_factory(settings), args.jobs):
+        if not as_json and results.count(None) == len(results):
+            valid += len(results)  # the common case: nothing to print
         else:
-            invalid += 1
-        if as_json:
-            entry = {"path": shown, "valid": result.valid,
-                     "errors": [v.as_dict() for v in result.violations]}
-            out.write(("" if first else ",") + json.dumps(entry))
-            first = False
-        else:
-            for v in result.violations:
-                out.write(f"{shown}:{v.line}:{v.column}: {v.message}\n")
+            for path, result in zip(chunk, results, strict=True):
+                shown = "<stdin>" if path == batch.STDIN else path
+                if result is None:
+                    valid += 1
+                elif result.unreadable is not None:
+                    missing(shown, result.unreadable)
+                    continue
+                else:
+                    invalid += 1
+                    if not as_json:
+                        out.writelines(f"{shown}:{v.line}:{v.column}: {v.message}\n"
+                                       for v in result.violations)
+                if as_json:
+                    errors = [] if result is None else [v.as_dict() for v in result.violations]
+                    entry = {"path": shown, "valid": result is None, "errors": errors}
+                    out.write(("" if first else ",") + json.dumps(entry))
+                    first = False
         progress.update(valid + invalid, invalid)
     progress.close()
     if as_json:
