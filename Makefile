@@ -35,6 +35,7 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	scripts/system-deps.sh
 	$(PY) bench/validate.py
+	$(PY) bench/translate.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,7 +13,17 @@ from typing import TextIO
 
 from gateway import __version__, batch
 from gateway.config import CONFIG_ENV, Settings, load_settings
-from gateway.errors import ConfigError, GatewayError
+from gateway.domain import MESSAGE_TYPES, SubscriptionFeaturesUpdate
+from gateway.errors import (
+    ConfigError,
+    DocumentError,
+    DocumentInvalidError,
+    GatewayError,
+    MappingError,
+    TransitionError,
+)
+from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
+from gateway.translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +121,133 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_INVALID if invalid else EXIT_OK
 
 
+# -- translate, mapping, check-config ---------------------------------------------------------
+
+
+def _read_input(path: str) -> bytes:
+    if path == batch.STDIN:
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+class _Unreadable(Exception):
+    """A file named on the command line cannot be read (exit 2)."""
+
+
+def _snapshot(translator: Translator, path: str) -> SubscriptionFeaturesUpdate:
+    document = translator.codec.decode(_read_input(path))
+    if not isinstance(document, SubscriptionFeaturesUpdate):
+        raise DocumentInvalidError(
+            f"{path}: a snapshot must be a SubscriptionFeaturesUpdate document, "
+            f"found {type(document).__name__}")
+    return document
+
+
+def _print_document_error(path: str, exc: DocumentError) -> None:
+    print(f"{path}: {exc}", file=sys.stderr)
+    for v in exc.violations:
+        print(f"{path}:{v.line}:{v.column}: {v.message}", file=sys.stderr)
+
+
+def cmd_to_smile(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_translator
+
+    settings = _settings(args)
+    translator = build_translator(settings)
+    try:
+        snapshot = _snapshot(translator, args.snapshot)
+    except DocumentError as exc:
+        _print_document_error(args.snapshot, exc)
+        return EXIT_INVALID
+    try:
+        result = translator.to_smile(
+            args.vocabulary, args.state, snapshot, args.from_state,
+            check_transition=args.from_state is not None,
+            open_request=args.provision_request_id)
+    except MappingError as exc:
+        print(f"smile-gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransitionError as exc:
+        print(f"smile-gateway: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.format == "json":
+        json.dump([m.as_dict() for m in result.messages], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for i, message in enumerate(result.messages):
+            if i:
+                sys.stdout.write("\n")
+            sys.stdout.write(message.body.decode("utf-8"))
+        if not result.messages:
+            print(f"# {result.vocabulary} {result.previous or '(new)'} -> {result.state}: "
+                  "no Smile message", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_from_smile(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_translator
+
+    settings = _settings(args)
+    translator = build_translator(settings)
+    previous = None
+    try:
+        if args.snapshot is not None:
+            previous = _snapshot(translator, args.snapshot)
+    except DocumentError as exc:
+        _print_document_error(args.snapshot, exc)
+        return EXIT_INVALID
+    try:
+        result = translator.from_smile(_read_input(args.file), args.message_type,
+                                       previous=previous)
+    except DocumentError as exc:
+        _print_document_error(args.file, exc)
+        return EXIT_INVALID
+    report = result.as_dict()
+    if args.format == "json":
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                value = " ".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(map(str, value)) or "-"
+            print(f"{key}: {'(no change)' if value is None else value}")
+    return EXIT_OK
+
+
+def cmd_mapping(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    mapping = settings.mapping
+    names = [args.vocabulary] if args.vocabulary else list(mapping.vocabularies)
+    vocabularies = [mapping.vocabulary(name) for name in names]
+    if args.format == "json":
+        json.dump(mapping_as_dict(mapping, names), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.format == "dot":
+        for vocab in vocabularies:
+            sys.stdout.write(mapping_dot(vocab))
+    else:
+        for vocab in vocabularies:
+            sys.stdout.write(mapping_table(vocab))
+        if not args.vocabulary:
+            sys.stdout.write(inbound_table(mapping))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    counts = ", ".join(f"{name}: {len(v.states)} states"
+                       for name, v in settings.mapping.vocabularies.items())
+    print(f"configuration OK ({settings.source}; {counts}; "
+          f"emission {'on' if settings.emission.enabled else 'off'})")
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace], int]
@@ -144,6 +281,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_jobs, default=1, metavar="N",
                    help="worker processes (default 1)")
     p.set_defaults(func=cmd_validate)
+
+    tr = sub.add_parser("translate", parents=[common],
+                        help="what the mapping makes of a state change or a Smile document")
+    tsub = tr.add_subparsers(dest="direction", required=True, parser_class=_Parser)
+    p = tsub.add_parser("to-smile", parents=[common],
+                        help="the Smile messages a state change emits for a snapshot")
+    p.add_argument("--vocabulary", required=True, help="order or subscription")
+    p.add_argument("--state", required=True, metavar="S")
+    p.add_argument("--snapshot", required=True, metavar="FILE",
+                   help="the subscription's current SubscriptionFeaturesUpdate document")
+    p.add_argument("--from", dest="from_state", metavar="S0",
+                   help="the current state: the change is then checked against the graph")
+    p.add_argument("--provision-request-id", type=int, metavar="N",
+                   help="the subscription has this provision request open")
+    p.add_argument("--format", choices=("xml", "json"), default="xml")
+    p.set_defaults(func=cmd_to_smile)
+
+    p = tsub.add_parser("from-smile", parents=[common],
+                        help="the internal states a Smile document means")
+    p.add_argument("file", metavar="FILE", help="the document (- for standard input)")
+    p.add_argument("--message-type", choices=sorted(MESSAGE_TYPES), metavar="T",
+                   help="its smileMessageType (checked against the body)")
+    p.add_argument("--snapshot", metavar="OLD", help="the stored snapshot, for the feature diff")
+    p.add_argument("--format", choices=("json", "text"), default="json")
+    p.set_defaults(func=cmd_from_smile)
+
+    p = sub.add_parser("mapping", parents=[common],
+                       help="the state mapping and transition graphs in force")
+    p.add_argument("--vocabulary", metavar="V")
+    p.add_argument("--format", choices=("table", "json", "dot"), default="table")
+    p.set_defaults(func=cmd_mapping)
+
+    p = sub.add_parser("check-config", parents=[common], help="load and check the configuration")
+    p.set_defaults(func=cmd_check_config)
     return parser
 
 
@@ -155,6 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except ConfigError as exc:
         print(f"smile-gateway: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MappingError as exc:
+        print(f"smile-gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except _Unreadable as exc:
+        print(f"smile-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
         print(f"smile-gateway: {exc}", file=sys.stderr)

@@ -111,6 +111,7 @@ class StateMapping:
     vocabularies: dict[str, Vocabulary]
     inbound: tuple[InboundRule, ...]
     response_statuses: tuple[str, ...]
+    progress_statuses: tuple[str, ...] = ()
 
     def vocabulary(self, name: str) -> Vocabulary:
         try:
@@ -221,10 +222,17 @@ def _load_vocabulary(name: str, raw: Any, key: str,
 def load_mapping(raw: Any, key: str = "mapping") -> StateMapping:
     """Build the StateMapping from the `mapping` section; ConfigError names the bad key."""
     spec = _expect_mapping(raw, key)
-    _check_keys(spec, key, ("response_statuses", "vocabularies", "inbound"))
+    _check_keys(spec, key, ("response_statuses", "progress_statuses", "vocabularies", "inbound"))
     response_statuses = tuple(
         str(s) for s in _expect_list(spec.get("response_statuses", ["Provisioned"]),
                                      f"{key}.response_statuses"))
+    progress_statuses = tuple(
+        str(s) for s in _expect_list(spec.get("progress_statuses", []),
+                                     f"{key}.progress_statuses"))
+    for word in progress_statuses:
+        if word not in response_statuses:
+            raise ConfigError(f"{key}.progress_statuses", f"unknown response status {word!r}",
+                              response_statuses)
     vocab_raw = _expect_mapping(spec.get("vocabularies"), f"{key}.vocabularies")
     vocabularies = {
         str(name): _load_vocabulary(str(name), v, f"{key}.vocabularies.{name}", response_statuses)
@@ -249,4 +257,4 @@ def load_mapping(raw: Any, key: str = "mapping") -> StateMapping:
                 raise ConfigError(f"{rkey}.{vname}", f"unknown state {state!r}", vocab.states)
             states[vname] = state
         rules.append(InboundRule(when, states))
-    return StateMapping(vocabularies, tuple(rules), response_statuses)
+    return StateMapping(vocabularies, tuple(rules), response_statuses, progress_statuses)

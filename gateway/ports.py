@@ -22,3 +22,21 @@ class Codec(Protocol):
     def encode(self, document: Document) -> bytes:
         """Render UTF-8 bytes, validated; deterministic for equal documents."""
         ...
+
+
+class RequestIds(Protocol):
+    """Allocates provisionRequestIds: unique, increasing, persisted by a real store."""
+
+    def next_provision_request_id(self) -> int: ...
+
+
+class InMemoryRequestIds:
+    """RequestIds for one process (the command line's dry runs and the unit tests)."""
+
+    def __init__(self, start: int = 1) -> None:
+        self._next = start
+
+    def next_provision_request_id(self) -> int:
+        value = self._next
+        self._next += 1
+        return value

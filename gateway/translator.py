@@ -1,0 +1,244 @@
+"""Translation both ways: state change + snapshot -> Smile messages; Smile document -> states."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from gateway.domain import (
+    INTEGER_HEADERS,
+    MESSAGE_TYPES,
+    Document,
+    MessageType,
+    Statuses,
+    SubscriptionFeaturesUpdate,
+    SubscriptionProvisionResponse,
+    SubscriptionUpdated,
+    subscription_of,
+)
+from gateway.errors import DocumentInvalidError, MappingError, Violation
+from gateway.mapping import StateMapping
+from gateway.ports import Codec, RequestIds
+
+# Output keys for the two standard vocabularies; any other vocabulary V is reported as V_state.
+STATE_KEYS = {"order": "order_state", "subscription": "subscription_status"}
+
+
+def state_key(vocabulary: str) -> str:
+    return STATE_KEYS.get(vocabulary, f"{vocabulary}_state")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One rendered, validated Smile message with its STOMP/JMS headers."""
+
+    smile_message_type: str
+    headers: dict[str, str]
+    body: bytes
+
+    def as_dict(self) -> dict[str, object]:
+        return {"smileMessageType": self.smile_message_type, "headers": dict(self.headers),
+                "body": self.body.decode("utf-8")}
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundTranslation:
+    """What a state change does: the messages, the new flags, the provision request after it."""
+
+    vocabulary: str
+    previous: str | None
+    state: str
+    changed: bool
+    statuses: Statuses
+    provision_request_id: int | None
+    messages: tuple[OutboundMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InboundTranslation:
+    """What a Smile document means for the internal states (None = no change)."""
+
+    smile_message_type: str | None
+    document: Document
+    states: dict[str, str | None]
+    features_added: tuple[int, ...] = ()
+    features_removed: tuple[int, ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        sub = subscription_of(self.document)
+        out: dict[str, object] = {
+            "smileMessageType": self.smile_message_type,
+            "usn": sub.usn if sub else None,
+            "sid": sub.sid if sub else None,
+            "statuses": sub.statuses.as_dict() if sub else None,
+        }
+        for vocabulary, state in self.states.items():
+            out[state_key(vocabulary)] = state
+        out["features_added"] = list(self.features_added)
+        out["features_removed"] = list(self.features_removed)
+        if isinstance(self.document, SubscriptionProvisionResponse):
+            out["provisionRequestId"] = self.document.provision_request_id
+            out["status"] = self.document.status
+        return out
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Translator:
+    """The mapping tables applied to documents; renders through the Codec port, so every
+    document it returns has passed the schema."""
+
+    def __init__(self, mapping: StateMapping, codec: Codec, request_ids: RequestIds,
+                 message_id: Callable[[], str] = new_message_id) -> None:
+        self.mapping = mapping
+        self.codec = codec
+        self.request_ids = request_ids
+        self.message_id = message_id
+
+    # -- outbound ---------------------------------------------------------------------------
+
+    def to_smile(self, vocabulary: str, state: str, snapshot: SubscriptionFeaturesUpdate,
+                 current: str | None = None, *, check_transition: bool = True,
+                 open_request: int | None = None,
+                 correlation_id: str | None = None) -> OutboundTranslation:
+        """Apply `current -> state` to the snapshot; raises MappingError or TransitionError."""
+        vocab = self.mapping.vocabulary(vocabulary)
+        wanted = vocab.resolve(state)
+        previous = None if current is None else vocab.resolve(current)
+        if check_transition:
+            changed = vocab.check_transition(previous, wanted)
+        else:
+            changed = previous != wanted
+        statuses = snapshot.subscription.statuses
+        if not changed:  # a repeat of the current state is a harmless no-op
+            return OutboundTranslation(vocab.name, previous, wanted, False, statuses,
+                                       open_request)
+        rule = vocab.rule(wanted)
+        statuses = rule.apply(statuses)
+        correlation = correlation_id or self.message_id()
+        messages = []
+        request = open_request
+        sub = replace(snapshot.subscription, statuses=statuses)
+        if rule.message is not None:
+            mtype = MESSAGE_TYPES[rule.message]
+            extra: dict[str, str] = {}
+            if "provisionRequestId" in mtype.headers:
+                if request is None:
+                    request = self.request_ids.next_provision_request_id()
+                extra["provisionRequestId"] = str(request)
+            if "commandID" in mtype.headers:
+                extra["command"] = wanted
+                extra["commandID"] = str(self.request_ids.next_provision_request_id())
+            body: Document = (SubscriptionUpdated(sub) if mtype.body is SubscriptionUpdated
+                              else replace(snapshot, subscription=sub))
+            messages.append(self._message(mtype, body, correlation, extra))
+            if mtype.name == "SubscriptionProvisioned":
+                closing = request
+                request = None
+            else:
+                closing = None
+        else:
+            closing = None
+        if rule.response is not None:
+            answered = request if request is not None else closing
+            if answered is not None:
+                response = SubscriptionProvisionResponse(
+                    answered, rule.response, f"{vocab.name} state {wanted}")
+                messages.append(self._message(
+                    MESSAGE_TYPES["SubscriptionProvisionResponse"], response, correlation,
+                    {"provisionRequestId": str(answered)}, sub.usn, sub.sid))
+                if rule.response not in self.mapping.progress_statuses:
+                    request = None
+        return OutboundTranslation(vocab.name, previous, wanted, True, statuses, request,
+                                   tuple(messages))
+
+    def _message(self, mtype: MessageType, body: Document, correlation: str,
+                 extra: dict[str, str], usn: str | None = None,
+                 sid: int | None = None) -> OutboundMessage:
+        sub = subscription_of(body)
+        headers = {"smileMessageType": mtype.name}
+        if sub is not None:
+            headers["usn"] = sub.usn
+            headers["sid"] = str(sub.sid)
+        elif usn is not None:
+            # Responses carry only provisionRequestId by Smile's documentation; usn and sid
+            # are added so that consumers and the per-subscription ordering can use them.
+            headers["usn"] = usn
+            headers["sid"] = str(sid)
+        headers.update(extra)
+        headers["gateway-message-id"] = self.message_id()
+        headers["correlation-id"] = correlation
+        return OutboundMessage(mtype.name, headers, self.codec.encode(body))
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    def from_smile(self, data: bytes, message_type: str | None = None,
+                   headers: Mapping[str, str] | None = None,
+                   previous: SubscriptionFeaturesUpdate | None = None) -> InboundTranslation:
+        """Decode, check the body against its message type and headers, map the flags."""
+        document = self.codec.decode(data)
+        given = dict(headers or {})
+        message_type = message_type or given.get("smileMessageType") or None
+        if message_type is not None:
+            check_message(message_type, document, headers)
+        sub = subscription_of(document)
+        if sub is None:
+            states: dict[str, str | None] = dict.fromkeys(self.mapping.vocabularies)
+            return InboundTranslation(message_type, document, states, headers=given)
+        states = self.mapping.inbound_states(sub.statuses)
+        added: tuple[int, ...] = ()
+        removed: tuple[int, ...] = ()
+        if isinstance(document, SubscriptionFeaturesUpdate):
+            now = document.feature_ids()
+            before = previous.feature_ids() if previous is not None else frozenset()
+            added = tuple(sorted(now - before))
+            removed = tuple(sorted(before - now))
+        return InboundTranslation(message_type, document, states, added, removed, given)
+
+
+def check_message(message_type: str, document: Document,
+                  headers: Mapping[str, str] | None) -> None:
+    """The body must be the type's body; given headers must be complete and agree with it."""
+    mtype = MESSAGE_TYPES.get(message_type)
+    if mtype is None:
+        raise MappingError(f"unknown smileMessageType {message_type!r}", MESSAGE_TYPES)
+    if not isinstance(document, mtype.body):
+        problem = (f"{message_type} carries {mtype.body.__name__}, "
+                   f"found {type(document).__name__}")
+        raise DocumentInvalidError(problem, [Violation(1, 1, "/", problem)])
+    if headers is None:
+        return
+    problems = []
+    for name in mtype.headers:
+        value = headers.get(name)
+        if value in (None, ""):
+            problems.append(f"header {name} is required for {message_type}")
+        elif name in INTEGER_HEADERS and not _is_integer(value):
+            problems.append(f"header {name} must be an integer, found {value!r}")
+    sub = subscription_of(document)
+    if sub is not None:
+        if headers.get("usn") not in (None, "") and headers["usn"] != sub.usn:
+            problems.append(f"header usn={headers['usn']!r} but the body has USN {sub.usn!r}")
+        if headers.get("sid") not in (None, "") and _is_integer(headers["sid"]) \
+                and int(headers["sid"]) != sub.sid:
+            problems.append(f"header sid={headers['sid']!r} but the body has SID {sub.sid}")
+    if isinstance(document, SubscriptionProvisionResponse):
+        rid = headers.get("provisionRequestId")
+        if rid not in (None, "") and _is_integer(rid) and int(rid) != document.provision_request_id:
+            problems.append(f"header provisionRequestId={rid!r} but the body has "
+                            f"{document.provision_request_id}")
+    if problems:
+        raise DocumentInvalidError("; ".join(problems),
+                                   [Violation(0, 0, "", p) for p in problems])
+
+
+def _is_integer(value: str | None) -> bool:
+    try:
+        int(str(value))
+    except ValueError:
+        return False
+    return True

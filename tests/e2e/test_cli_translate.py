@@ -1,0 +1,164 @@
+"""`translate`, `mapping` and `check-config` through the command line, for every documented row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from gateway.cli import main
+from tests.conftest import INVALID, SAMPLES, run_cli
+from tests.spec_tables import FLAGS, graphs, outbound_rows
+
+SNAPSHOT = str(SAMPLES / "SubscriptionFeaturesChanged.xml")
+NS = {"s": "http://xml.inomial.com/smile/2.xsd"}
+ROWS = [("order", r) for r in outbound_rows()["order"]] + \
+       [("subscription", r) for r in outbound_rows()["subscription"]]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(("vocabulary", "row"), ROWS, ids=lambda x: getattr(x, "state", x))
+def test_to_smile_emits_each_documented_row(capsys, vocabulary, row) -> None:
+    code, out, err = cli(capsys, "translate", "to-smile", "--vocabulary", vocabulary,
+                         "--state", row.state, "--snapshot", SNAPSHOT,
+                         "--provision-request-id", "7", "--format", "json")
+    assert code == 0, err
+    messages = json.loads(out)
+    types = [m["smileMessageType"] for m in messages]
+    assert types == [t for t in (row.message, row.response and "SubscriptionProvisionResponse")
+                     if t]
+    for m in messages:
+        assert set(m) == {"smileMessageType", "headers", "body"}
+        if m["smileMessageType"] != "SubscriptionProvisionResponse":
+            root = etree.fromstring(m["body"].encode())
+            for flag, value in row.flags.items():
+                if value is not None:
+                    assert root.findtext(f".//s:{flag.capitalize()}Status", namespaces=NS) == value
+
+
+def test_to_smile_xml_prints_the_documents(capsys) -> None:
+    code, out, _ = cli(capsys, "translate", "to-smile", "--vocabulary", "subscription",
+                       "--state", "Provisioning in Progress", "--snapshot", SNAPSHOT)
+    assert code == 0
+    assert out.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<SubscriptionFeaturesUpdate')
+    assert "<ProvisionStatus>ReadyToProvision</ProvisionStatus>" in out
+
+
+def test_a_state_that_emits_nothing_gives_an_empty_list(capsys) -> None:
+    code, out, _ = cli(capsys, "translate", "to-smile", "--vocabulary", "order", "--state",
+                       "acknowledged", "--snapshot", SNAPSHOT, "--format", "json")
+    assert code == 0 and json.loads(out) == []
+
+
+@pytest.mark.parametrize("vocabulary", ["order", "subscription"])
+def test_refused_transitions_exit_1_naming_both_states(capsys, vocabulary) -> None:
+    graph, _ = graphs()[vocabulary]
+    for current in sorted(graph):
+        for wanted in sorted(set(graph) - graph[current] - {current}):
+            code, out, err = cli(capsys, "translate", "to-smile", "--vocabulary", vocabulary,
+                                 "--state", wanted, "--from", current, "--snapshot", SNAPSHOT)
+            assert code == 1, (current, wanted)
+            assert f"{current} -> {wanted}" in err and out == ""
+        for wanted in sorted(graph[current]):
+            code, _, err = cli(capsys, "translate", "to-smile", "--vocabulary", vocabulary,
+                               "--state", wanted, "--from", current, "--snapshot", SNAPSHOT)
+            assert code == 0, (current, wanted, err)
+
+
+def test_an_unknown_state_exits_2_listing_the_allowed_ones() -> None:
+    done = run_cli(["translate", "to-smile", "--vocabulary", "order", "--state", "shipped",
+                    "--snapshot", SNAPSHOT])
+    assert done.returncode == 2
+    assert "unknown order state 'shipped'" in done.stderr and "inProgress" in done.stderr
+    unknown_from = run_cli(["translate", "to-smile", "--vocabulary", "order", "--state",
+                            "held", "--from", "Held", "--snapshot", SNAPSHOT])
+    assert unknown_from.returncode == 2
+    vocab = run_cli(["translate", "to-smile", "--vocabulary", "orders", "--state", "held",
+                     "--snapshot", SNAPSHOT])
+    assert vocab.returncode == 2 and "unknown vocabulary 'orders'" in vocab.stderr
+
+
+def test_an_invalid_snapshot_exits_1_with_located_errors() -> None:
+    done = run_cli(["translate", "to-smile", "--vocabulary", "order", "--state", "accepted",
+                    "--snapshot", str(INVALID / "sid-not-integer.xml")])
+    assert done.returncode == 1 and "sid-not-integer.xml:5:5:" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_from_smile_prints_the_documented_json() -> None:
+    done = run_cli(["translate", "from-smile", str(SAMPLES / "SubscriptionActivated.xml"),
+                    "--message-type", "SubscriptionActivated", "--snapshot",
+                    str(SAMPLES / "SubscriptionEnabled.xml")])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "smileMessageType": "SubscriptionActivated", "usn": "2142426765", "sid": 175,
+        "statuses": {"provision": "Provisioned", "suspend": "Active", "activate": "Activated",
+                     "enable": "Enabled"},
+        "order_state": "completed", "subscription_status": "active",
+        "features_added": [7001], "features_removed": []}
+
+
+def test_from_smile_text_format_and_no_change(capsys) -> None:
+    code, out, _ = cli(capsys, "translate", "from-smile", str(SAMPLES / "SubscriptionSuspended.xml"),
+                       "--format", "text")
+    assert code == 0
+    assert "order_state: (no change)" in out and "usn: 2142426766" in out
+
+
+def test_from_smile_refuses_an_invalid_document_or_a_mismatched_type() -> None:
+    bad = run_cli(["translate", "from-smile", str(INVALID / "unknown-provision-status.xml")])
+    assert bad.returncode == 1 and "ProvisionStatus" in bad.stderr
+    wrong = run_cli(["translate", "from-smile", str(SAMPLES / "SubscriptionEnabled.xml"),
+                     "--message-type", "SubscriptionClosed"])
+    assert wrong.returncode == 1 and "carries SubscriptionUpdated" in wrong.stderr
+    unknown = run_cli(["translate", "from-smile", str(SAMPLES / "SubscriptionEnabled.xml"),
+                       "--message-type", "SubscriptionExploded"])
+    assert unknown.returncode == 2
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "dot"])
+def test_mapping_prints_the_tables_in_force(capsys, fmt) -> None:
+    code, out, _ = cli(capsys, "mapping", "--format", fmt)
+    assert code == 0
+    if fmt == "json":
+        data = json.loads(out)
+        graph, _ = graphs()["order"]
+        assert {k: set(v) for k, v in data["vocabularies"]["order"]["transitions"].items()} == graph
+        assert data["vocabularies"]["subscription"]["states"][6] == {
+            "id": "provisioning_in_progress", "name": "Provisioning in Progress"}
+    elif fmt == "dot":
+        assert out.count("digraph") == 2
+        assert '"inProgress" -> "completed";' in out
+    else:
+        assert "SubscriptionReadyToProvision" in out and "Smile -> internal" in out
+
+
+def test_mapping_for_one_vocabulary(capsys) -> None:
+    code, out, _ = cli(capsys, "mapping", "--vocabulary", "subscription", "--format", "dot")
+    assert code == 0 and out.count("digraph") == 1 and "decommissioning" in out
+
+
+def test_check_config_accepts_the_shipped_file_and_names_a_bad_key(tmp_path: Path) -> None:
+    ok = run_cli(["check-config"])
+    assert ok.returncode == 0 and "configuration OK" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mapping:\n  inbound:\n    - when: {provision: Gone}\n")
+    done = run_cli(["check-config", "--config", str(bad)])
+    assert done.returncode == 2
+    assert "mapping.inbound[0].when.provision: unknown status 'Gone'" in done.stderr
+    assert "ReadyToProvision" in done.stderr
+    env = run_cli(["check-config"], env={"GATEWAY_BROKER__PORT": "high"})
+    assert env.returncode == 2 and "broker.port" in env.stderr
+
+
+def test_every_flag_is_named_in_the_table_output(capsys) -> None:
+    _, out, _ = cli(capsys, "mapping", "--vocabulary", "order")
+    header = out.splitlines()[1]
+    assert all(flag.capitalize() in header for flag in FLAGS)
