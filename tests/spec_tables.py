@@ -10,7 +10,7 @@ from functools import cache
 from tests.conftest import ROOT
 
 MAPPING_MD = ROOT / "docs" / "mapping.md"
-KEEP = "–"  # the table's "keeps the current value"
+KEEP = "\u2013"  # the table's en dash: "keeps the current value"
 FLAGS = ("provision", "suspend", "activate", "enable")
 
 
