@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from adapters.http_forwarder import RequestsForwarder
+from adapters.http_server import WaitressServer
 from adapters.smile_xml import SmileXmlCodec
+from adapters.sql_store import SqlStore
+from adapters.stomp_broker import StompConsumer, StompPublisher
+from adapters.webhook import create_app
 from gateway.batch import Checker
 from gateway.config import Settings
-from gateway.ports import InMemoryRequestIds, RequestIds
+from gateway.domain import SubscriptionProvisionResponse
+from gateway.ports import BROKER, FORWARD, Forwarder, InMemoryRequestIds, Publisher, RequestIds
+from gateway.relay import BrokerRelay, ForwardRelay
+from gateway.service import GatewayService
 from gateway.translator import Translator
 
 
@@ -30,3 +41,85 @@ def checker_factory(settings: Settings) -> partial[Checker]:
 def build_translator(settings: Settings, request_ids: RequestIds | None = None) -> Translator:
     return Translator(settings.mapping, build_codec(settings),
                       request_ids if request_ids is not None else InMemoryRequestIds())
+
+
+def build_store(settings: Settings) -> SqlStore:
+    return SqlStore(settings.store.url)
+
+
+def _default_forwarder(settings: Settings) -> Forwarder:
+    return RequestsForwarder(settings.forward)
+
+
+@dataclass
+class Runtime:
+    """Everything one gateway process runs, wired."""
+
+    settings: Settings
+    service: GatewayService
+    store: SqlStore
+    broker_relay: BrokerRelay
+    forward_relay: ForwardRelay | None
+    consumer: StompConsumer | None
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.broker_relay.publisher.close()
+        self.store.close()
+
+
+def bootstrap(settings: Settings, publisher: Publisher | None = None,
+              forwarder: Forwarder | None = None) -> Runtime:
+    """Build the gateway: store, codec, translator, service, relays, consumer."""
+    codec = build_codec(settings)
+    store = build_store(settings)
+    translator = Translator(settings.mapping, codec, InMemoryRequestIds())
+    wakers: dict[str, object] = {}
+
+    def notify(channel: str) -> None:
+        relay = wakers.get(channel)
+        if isinstance(relay, BrokerRelay | ForwardRelay):
+            relay.wake.set()
+
+    service = GatewayService(settings, codec, store, translator, notify)
+    broker_relay = BrokerRelay(store, publisher or StompPublisher(settings.broker),
+                               settings.emission, settings.broker)
+    wakers[BROKER] = broker_relay
+    forward_relay = None
+    if settings.forward.url:
+        forward_relay = ForwardRelay(store, forwarder or _default_forwarder(settings),
+                                     settings.forward)
+        wakers[FORWARD] = forward_relay
+    consumer = None
+    if settings.inbound.enabled:
+        consumer = StompConsumer(
+            settings.broker, settings.inbound, service.consume,
+            lambda headers, body, reason: service.dead_letter("broker", reason, headers, body))
+    return Runtime(settings, service, store, broker_relay, forward_relay, consumer)
+
+
+def ready_checks(runtime: Runtime) -> dict[str, Callable[[], None]]:
+    """What /readyz checks: the store, the schema, and the broker when emission is on."""
+    settings = runtime.settings
+    codec = build_codec(settings)
+    sample = codec.encode(SubscriptionProvisionResponse(1, "Provisioned"))
+
+    def schema() -> None:
+        if codec.check(sample):
+            raise RuntimeError("the schema rejects a known-good document")
+
+    checks: dict[str, Callable[[], None]] = {"store": runtime.store.ping, "schema": schema}
+    if settings.emission.enabled or settings.inbound.enabled:
+        def broker() -> None:
+            with socket.create_connection((settings.broker.host, settings.broker.port),
+                                          timeout=1.0):
+                pass
+
+        checks["broker"] = broker
+    return checks
+
+
+def build_http_server(runtime: Runtime,
+                      checks: dict[str, Callable[[], None]] | None = None) -> WaitressServer:
+    app = create_app(runtime.service, runtime.settings, checks)
+    return WaitressServer(app, runtime.settings.webhook)

@@ -20,8 +20,10 @@ from gateway.errors import (
     DocumentInvalidError,
     GatewayError,
     MappingError,
+    StoreError,
     TransitionError,
 )
+from gateway.ports import OUTBOX_STATUSES
 from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
 from gateway.translator import Translator
 
@@ -248,6 +250,136 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- publish, outbox ---------------------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import bootstrap
+
+    settings = _settings(args)
+    documents = [_read_input(path) for path in args.files]
+    runtime = bootstrap(settings)
+    try:
+        try:
+            ids = runtime.service.publish_documents(args.message_type, documents)
+        except DocumentError as exc:
+            print(f"smile-gateway: nothing published: {exc}", file=sys.stderr)
+            for v in exc.violations:
+                print(f"  {v.line}:{v.column}: {v.path} {v.message}", file=sys.stderr)
+            return EXIT_INVALID
+        if not settings.emission.enabled:
+            print("note: emission.enabled is false; `publish` sends anyway, as asked",
+                  file=sys.stderr)
+        budget = settings.broker.receipt_timeout_s * max(2, settings.emission.max_attempts)
+        runtime.broker_relay.drain(time.time() + budget)
+        items = {i.message_id: i for i in runtime.store.outbox_by_message_ids(ids)}
+        confirmed = 0
+        for path, message_id in zip(args.files, ids, strict=True):
+            item = items[message_id]
+            if item.status == "sent":
+                confirmed += 1
+                print(f"{path}: confirmed gateway-message-id={message_id}")
+            else:
+                print(f"{path}: NOT confirmed ({item.status}, attempts {item.attempts}): "
+                      f"{item.last_error or 'no receipt yet'}; outbox id {item.id}",
+                      file=sys.stderr)
+        print(f"{confirmed} of {len(ids)} confirmed by the broker at "
+              f"{settings.broker.host}:{settings.broker.port}")
+        return EXIT_OK if confirmed == len(ids) else EXIT_INVALID
+    finally:
+        runtime.close()
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_store
+
+    store = build_store(_settings(args))
+    try:
+        items = store.outbox(args.status, args.limit)
+    finally:
+        store.close()
+    if args.format == "json":
+        json.dump([{"id": i.id, "channel": i.channel, "messageId": i.message_id, "usn": i.usn,
+                    "kind": i.kind, "status": i.status, "attempts": i.attempts,
+                    "lastError": i.last_error, "createdAt": i.created_at,
+                    "updatedAt": i.updated_at} for i in items], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"{'id':>6}  {'channel':8} {'status':10} {'tries':>5}  {'kind':30} {'usn':12} error")
+    for i in items:
+        print(f"{i.id:>6}  {i.channel:8} {i.status:10} {i.attempts:>5}  {i.kind:30} "
+              f"{i.usn:12} {i.last_error or ''}")
+    print(f"{len(items)} item(s)")
+    return EXIT_OK
+
+
+def cmd_outbox_replay(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_store
+
+    if not args.ids and not args.dead:
+        print("smile-gateway: outbox replay: give outbox ids or --dead", file=sys.stderr)
+        return EXIT_USAGE
+    store = build_store(_settings(args))
+    try:
+        count = store.replay(None if args.dead else args.ids)
+    finally:
+        store.close()
+    print(f"{count} item(s) re-queued")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Webhook + outbox relays + broker consumer in one process, until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    from gateway.bootstrap import bootstrap, build_http_server, ready_checks
+    from gateway.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    runtime = bootstrap(settings)
+    server = build_http_server(runtime, ready_checks(runtime))
+    stop = threading.Event()
+    threads = []
+    if settings.emission.enabled:
+        threads.append(threading.Thread(target=runtime.broker_relay.run, args=(stop,),
+                                        name="broker-relay"))
+    if runtime.forward_relay is not None:
+        threads.append(threading.Thread(target=runtime.forward_relay.run, args=(stop,),
+                                        name="forward-relay"))
+    if runtime.consumer is not None:
+        threads.append(threading.Thread(target=runtime.consumer.run, args=(stop,),
+                                        name="consumer"))
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping (no new requests; finishing those in progress)", signum)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for thread in threads:
+        thread.start()
+    log.info("serving store=%s emission=%s inbound=%s forward=%s", settings.store.url,
+             "on" if settings.emission.enabled else "off (dry run)",
+             settings.inbound.destination if settings.inbound.enabled else "off",
+             settings.forward.url or "off")
+    try:
+        server.run()
+    except SystemExit:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        server.close()
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=settings.broker.receipt_timeout_s + 5)
+        runtime.close()
+        log.info("stopped")
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 Command = Callable[[argparse.Namespace], int]
@@ -315,6 +447,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", parents=[common], help="load and check the configuration")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("publish", parents=[common],
+                       help="validate documents and publish them, waiting for receipts")
+    p.add_argument("--message-type", required=True, choices=sorted(MESSAGE_TYPES), metavar="T")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_publish)
+
+    ob = sub.add_parser("outbox", parents=[common], help="inspect and re-queue the outbox")
+    osub = ob.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = osub.add_parser("list", parents=[common], help="list outbox items")
+    p.add_argument("--status", choices=OUTBOX_STATUSES)
+    p.add_argument("--limit", type=_jobs, default=1000)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_outbox_list)
+    p = osub.add_parser("replay", parents=[common], help="re-queue items (dead letters)")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("--dead", action="store_true", help="every dead item")
+    p.set_defaults(func=cmd_outbox_replay)
+
+    p = sub.add_parser("serve", parents=[common],
+                       help="webhook + outbox relay + broker consumer in one process")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -333,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Unreadable as exc:
         print(f"smile-gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StoreError as exc:
+        print(f"smile-gateway: store error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except GatewayError as exc:
         print(f"smile-gateway: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -19,6 +19,7 @@ import yaml
 from gateway.domain import MESSAGE_TYPES
 from gateway.errors import ConfigError
 from gateway.mapping import StateMapping, load_mapping
+from gateway.signatures import secret_key
 
 # libyaml's loader when PyYAML was built with it: 4x faster start-up for every command.
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -80,6 +81,7 @@ class WebhookSettings:
     max_body_bytes: int
     tolerance_s: int
     threads: int
+    tmf622_usn_path: str
     secret: str = ""
 
 
@@ -295,4 +297,6 @@ def load_settings(path: str | Path | None = None,
         if not dest.startswith(("/queue/", "/topic/")):
             raise ConfigError(f"{name}.destination", f"{dest!r} is not a STOMP destination",
                               ("/queue/NAME", "/topic/NAME"))
+    if sections["webhook"].secret:
+        secret_key(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
     return Settings(mapping=load_mapping(data.get("mapping")), source=source, **sections)

@@ -115,7 +115,11 @@ class DeliveryError(GatewayError):
 
 
 class PublishError(DeliveryError):
-    """The broker did not confirm a message (receipt timeout, ERROR frame, lost connection)."""
+    """The broker connection failed; `.confirmed` lists the outbox ids confirmed before that."""
+
+    def __init__(self, message: str, confirmed: Sequence[int] = ()) -> None:
+        self.confirmed = tuple(confirmed)
+        super().__init__(message)
 
 
 class ForwardError(DeliveryError):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from gateway.domain import Document
 from gateway.errors import Violation
@@ -40,3 +42,160 @@ class InMemoryRequestIds:
         value = self._next
         self._next += 1
         return value
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+BROKER = "broker"    # outbox channel: Smile documents for the STOMP broker
+FORWARD = "forward"  # outbox channel: JSON events for the order system
+
+PENDING, SENT, SUPPRESSED, DEAD = "pending", "sent", "suppressed", "dead"
+OUTBOX_STATUSES = (PENDING, SENT, SUPPRESSED, DEAD)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    """What the gateway keeps per subscription: the latest snapshot and the internal states."""
+
+    usn: str
+    sid: int
+    snapshot: bytes  # the latest SubscriptionFeaturesUpdate document, as validated XML
+    states: dict[str, str | None]
+    provision_request_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewOutboxItem:
+    channel: str
+    message_id: str
+    usn: str
+    kind: str  # smileMessageType, or the forwarded event's type
+    headers: dict[str, str]
+    body: bytes
+    status: str = PENDING
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    channel: str
+    message_id: str
+    usn: str
+    kind: str
+    headers: dict[str, str]
+    body: bytes
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    source: str  # smile, order-system, tmf622, operator
+    event_id: str | None
+    vocabulary: str | None
+    previous: str | None
+    state: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one accepted input changes, committed together or not at all."""
+
+    record: SubscriptionRecord | None
+    outbox: tuple[NewOutboxItem, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+Decide = Callable[[SubscriptionRecord | None, RequestIds], Decision]
+
+
+class Store(Protocol):
+    """Durable state: snapshots, history, outbox, dedupe keys, dead letters, sequences.
+
+    `record` runs `decide` inside one write transaction: the stored record is read, the
+    decision written (record, outbox rows, history, the dedupe key with its response), and
+    committed before it returns. A dedupe key seen before returns the first response.
+    """
+
+    def record(self, usn: str, dedupe_key: str | None,
+               decide: Decide) -> tuple[dict[str, Any], bool]:
+        """(response, duplicate)."""
+        ...
+
+    def subscription(self, usn: str) -> SubscriptionRecord | None: ...
+
+    def history(self, usn: str, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]: ...
+
+    def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
+        """Pending items ready to send, oldest first, none behind a waiting one of its usn."""
+        ...
+
+    def mark_sent(self, ids: Sequence[int]) -> None: ...
+
+    def mark_failed(self, item_id: int, error: str, retry_at: float, dead: bool) -> None: ...
+
+    def outbox(self, status: str | None = None, limit: int = 1000) -> list[OutboxItem]: ...
+
+    def outbox_by_message_ids(self, message_ids: Sequence[str]) -> list[OutboxItem]: ...
+
+    def replay(self, ids: Sequence[int] | None = None) -> int:
+        """Re-queue these items (None: every dead one); returns how many."""
+        ...
+
+    def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],
+                        body: bytes) -> int: ...
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Outbox items per (channel, status)."""
+        ...
+
+    def ping(self) -> None:
+        """Raises StoreError when the store cannot be used."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# -- the broker --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message to send: the outbox id it comes from, where, with which headers."""
+
+    item_id: int
+    destination: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    confirmed: tuple[int, ...]  # outbox ids whose receipt came back
+    refused: dict[int, str]     # outbox ids the broker answered with an ERROR, and why
+
+
+class Publisher(Protocol):
+    """Sends envelopes; a send counts only once the broker's receipt came back."""
+
+    def publish(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
+        """Sends all, pipelined, and waits for every receipt up to the receipt timeout.
+        Raises PublishError (with .confirmed) when the connection fails."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Forwarder(Protocol):
+    """Delivers one JSON event to the order system; raises ForwardError."""
+
+    def forward(self, item: OutboxItem) -> None: ...

@@ -104,8 +104,10 @@ class Translator:
     def to_smile(self, vocabulary: str, state: str, snapshot: SubscriptionFeaturesUpdate,
                  current: str | None = None, *, check_transition: bool = True,
                  open_request: int | None = None,
-                 correlation_id: str | None = None) -> OutboundTranslation:
+                 correlation_id: str | None = None,
+                 request_ids: RequestIds | None = None) -> OutboundTranslation:
         """Apply `current -> state` to the snapshot; raises MappingError or TransitionError."""
+        ids = request_ids if request_ids is not None else self.request_ids
         vocab = self.mapping.vocabulary(vocabulary)
         wanted = vocab.resolve(state)
         previous = None if current is None else vocab.resolve(current)
@@ -128,11 +130,11 @@ class Translator:
             extra: dict[str, str] = {}
             if "provisionRequestId" in mtype.headers:
                 if request is None:
-                    request = self.request_ids.next_provision_request_id()
+                    request = ids.next_provision_request_id()
                 extra["provisionRequestId"] = str(request)
             if "commandID" in mtype.headers:
                 extra["command"] = wanted
-                extra["commandID"] = str(self.request_ids.next_provision_request_id())
+                extra["commandID"] = str(ids.next_provision_request_id())
             body: Document = (SubscriptionUpdated(sub) if mtype.body is SubscriptionUpdated
                               else replace(snapshot, subscription=sub))
             messages.append(self._message(mtype, body, correlation, extra))
@@ -213,13 +215,15 @@ def check_message(message_type: str, document: Document,
     if headers is None:
         return
     problems = []
+    sub = subscription_of(document)
     for name in mtype.headers:
         value = headers.get(name)
+        if value in (None, "") and sub is not None and name in ("usn", "sid"):
+            continue  # the body carries them; when both are given they must agree (below)
         if value in (None, ""):
             problems.append(f"header {name} is required for {message_type}")
         elif name in INTEGER_HEADERS and not _is_integer(value):
             problems.append(f"header {name} must be an integer, found {value!r}")
-    sub = subscription_of(document)
     if sub is not None:
         if headers.get("usn") not in (None, "") and headers["usn"] != sub.usn:
             problems.append(f"header usn={headers['usn']!r} but the body has USN {sub.usn!r}")

@@ -1,0 +1,414 @@
+"""SqlStore: the gateway's durable state in SQLite (WAL, versioned migrations).
+
+One connection per thread (the web server, the relay and the consumer each have their own);
+every write is one `BEGIN IMMEDIATE` transaction, so a decision and its outbox rows commit
+together. The SQL is plain enough to move to PostgreSQL behind the same Store port; outbox
+claims there would add `FOR UPDATE SKIP LOCKED`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.errors import ConfigError, StoreError, clip
+from gateway.ports import (
+    DEAD,
+    PENDING,
+    SENT,
+    Decide,
+    HistoryEntry,
+    NewOutboxItem,
+    OutboxItem,
+    SubscriptionRecord,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE subscriptions (
+        usn TEXT PRIMARY KEY,
+        sid INTEGER NOT NULL,
+        snapshot BLOB NOT NULL,
+        states TEXT NOT NULL,
+        provision_request_id INTEGER,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        usn TEXT NOT NULL,
+        at REAL NOT NULL,
+        source TEXT NOT NULL,
+        event_id TEXT,
+        vocabulary TEXT,
+        previous TEXT,
+        state TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX history_by_usn ON history (usn, id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        channel TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        usn TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_ready ON outbox (channel, status, id);
+    CREATE INDEX outbox_by_usn ON outbox (channel, usn, status, id);
+    CREATE TABLE dedupe (
+        key TEXT PRIMARY KEY,
+        response TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE sequences (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    """,
+)
+
+_OUTBOX_COLUMNS = ("id, channel, message_id, usn, kind, headers, body, status, attempts, "
+                   "last_error, created_at, updated_at")
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///var/gateway.db` (relative to the working directory), `sqlite:////abs/path`,
+    or `sqlite:///:memory:`."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError("store.url", f"not a SQLite URL: {url!r}", ("sqlite:///PATH",))
+    return url[len("sqlite:///"):]
+
+
+class _TransactionIds:
+    """provisionRequestIds from the sequences table, inside the caller's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def next_provision_request_id(self) -> int:
+        row = self.conn.execute(
+            "INSERT INTO sequences (name, value) VALUES ('provisionRequestId', 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value").fetchone()
+        return int(row[0])
+
+
+class SqlStore:
+    """The Store port on SQLite."""
+
+    def __init__(self, url: str, clock: Callable[[], float] = time.time,
+                 busy_timeout_ms: int = 10_000) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self.clock = clock
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the folder of {self.path}: {exc}") from exc
+        self._migrate()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False,
+                                       timeout=self.busy_timeout_ms / 1000)
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a commit is on disk before the gateway answers 202 or acks a message,
+                # so an accepted input survives a power loss too, not only a process crash.
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"commit failed: {exc}") from exc
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._conn())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from exc
+
+    def _migrate(self) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
+                row = conn.execute("SELECT version FROM schema_version").fetchone()
+                version = row[0] if row else 0
+                if version > len(MIGRATIONS):
+                    raise StoreError(f"the store {self.url} has schema version {version}, "
+                                     f"newer than this gateway's {len(MIGRATIONS)}")
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in filter(str.strip, script.split(";")):
+                        conn.execute(statement)
+                    log.info("store migrated to version=%d url=%s", number, self.url)
+                if row is None:
+                    conn.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
+                else:
+                    conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot prepare the store {self.url}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status").fetchall())
+        return {(channel, status): n for channel, status, n in rows}
+
+    def ping(self) -> None:
+        self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    @staticmethod
+    def _record(row: sqlite3.Row | tuple[Any, ...] | None) -> SubscriptionRecord | None:
+        if row is None:
+            return None
+        usn, sid, snapshot, states, request = row
+        return SubscriptionRecord(usn, sid, bytes(snapshot), json.loads(states), request)
+
+    def record(self, usn: str, dedupe_key: str | None,
+               decide: Decide) -> tuple[dict[str, Any], bool]:
+        try:
+            with self._write() as conn:
+                if dedupe_key is not None:
+                    seen = conn.execute("SELECT response FROM dedupe WHERE key = ?",
+                                        (dedupe_key,)).fetchone()
+                    if seen is not None:
+                        return json.loads(seen[0]), True
+                current = self._record(conn.execute(
+                    "SELECT usn, sid, snapshot, states, provision_request_id "
+                    "FROM subscriptions WHERE usn = ?", (usn,)).fetchone())
+                decision = decide(current, _TransactionIds(conn))
+                now = self.clock()
+                new = decision.record
+                if new is not None:
+                    conn.execute(
+                        "INSERT INTO subscriptions (usn, sid, snapshot, states, "
+                        "provision_request_id, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (usn) DO UPDATE SET sid = excluded.sid, "
+                        "snapshot = excluded.snapshot, states = excluded.states, "
+                        "provision_request_id = excluded.provision_request_id, "
+                        "updated_at = excluded.updated_at",
+                        (new.usn, new.sid, new.snapshot, json.dumps(new.states),
+                         new.provision_request_id, now))
+                for entry in decision.history:
+                    self._add_history(conn, usn, entry, now)
+                self._insert_outbox(conn, decision.outbox, now)
+                if dedupe_key is not None:
+                    conn.execute("INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
+                                 (dedupe_key, json.dumps(decision.response), now))
+                return decision.response, False
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    @staticmethod
+    def _add_history(conn: sqlite3.Connection, usn: str, entry: HistoryEntry,
+                     now: float) -> None:
+        conn.execute(
+            "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, state, "
+            "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
+             entry.state, json.dumps(entry.detail)))
+
+    def subscription(self, usn: str) -> SubscriptionRecord | None:
+        return self._read(lambda c: self._record(c.execute(
+            "SELECT usn, sid, snapshot, states, provision_request_id FROM subscriptions "
+            "WHERE usn = ?", (usn,)).fetchone()))
+
+    def history(self, usn: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT at, source, event_id, vocabulary, previous, state, detail FROM history "
+            "WHERE usn = ? ORDER BY id DESC LIMIT ?", (usn, limit)).fetchall())
+        return [{"at": at, "source": source, "eventId": event_id, "vocabulary": vocabulary,
+                 "from": previous, "to": state, "detail": json.loads(detail)}
+                for at, source, event_id, vocabulary, previous, state, detail in reversed(rows)]
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_outbox(conn: sqlite3.Connection, items: Sequence[NewOutboxItem],
+                       now: float) -> list[int]:
+        ids = []
+        for item in items:
+            cur = conn.execute(
+                "INSERT INTO outbox (channel, message_id, usn, kind, headers, body, status, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (item.channel, item.message_id, item.usn, item.kind, json.dumps(item.headers),
+                 item.body, item.status, now, now))
+            ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]:
+        try:
+            with self._write() as conn:
+                return self._insert_outbox(conn, items, self.clock())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    @staticmethod
+    def _item(row: tuple[Any, ...]) -> OutboxItem:
+        (id_, channel, message_id, usn, kind, headers, body, status, attempts, last_error,
+         created_at, updated_at) = row
+        return OutboxItem(id_, channel, message_id, usn, kind, json.loads(headers), bytes(body),
+                          status, attempts, last_error, created_at, updated_at)
+
+    def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
+        # Oldest first; an item waits while an older pending item of its subscription is
+        # backing off, so that per-subscription order holds across retries.
+        rows = self._read(lambda c: c.execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox o WHERE channel = ? AND status = ? "
+            "AND next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox p "
+            "WHERE p.channel = o.channel AND p.usn = o.usn AND p.status = ? AND p.id < o.id "
+            "AND p.next_attempt_at > ?) ORDER BY id LIMIT ?",
+            (channel, PENDING, now, PENDING, now, limit)).fetchall())
+        return [self._item(r) for r in rows]
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        try:
+            with self._write() as conn:
+                conn.executemany(
+                    "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = NULL, "
+                    "updated_at = ? WHERE id = ? AND status = ?",
+                    [(SENT, self.clock(), i, PENDING) for i in ids])
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    def mark_failed(self, item_id: int, error: str, retry_at: float, dead: bool) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, "
+                    "next_attempt_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+                    (DEAD if dead else PENDING, clip(error, 500), retry_at, self.clock(),
+                     item_id, PENDING))
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    def outbox(self, status: str | None = None, limit: int = 1000) -> list[OutboxItem]:
+        if status is None:
+            rows = self._read(lambda c: c.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?",
+                (limit,)).fetchall())
+        else:
+            rows = self._read(lambda c: c.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = ? ORDER BY id DESC "
+                "LIMIT ?", (status, limit)).fetchall())
+        return [self._item(r) for r in reversed(rows)]
+
+    def outbox_by_message_ids(self, message_ids: Sequence[str]) -> list[OutboxItem]:
+        out: list[OutboxItem] = []
+        for start in range(0, len(message_ids), 500):
+            part = list(message_ids[start:start + 500])
+            query = (f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE message_id IN "
+                     f"({','.join('?' * len(part))})")
+
+            def fetch(c: sqlite3.Connection, q: str = query,
+                      p: list[str] = part) -> list[tuple[Any, ...]]:
+                return c.execute(q, p).fetchall()
+
+            out += [self._item(r) for r in self._read(fetch)]
+        return out
+
+    def replay(self, ids: Sequence[int] | None = None) -> int:
+        try:
+            with self._write() as conn:
+                now = self.clock()
+                if ids is None:
+                    cur = conn.execute(
+                        "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
+                        "updated_at = ? WHERE status = ?", (PENDING, now, DEAD))
+                    return cur.rowcount
+                count = 0
+                for item_id in ids:
+                    cur = conn.execute(
+                        "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
+                        "updated_at = ? WHERE id = ? AND status != ?",
+                        (PENDING, now, item_id, PENDING))
+                    count += cur.rowcount
+                return count
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    # -- dead letters (inbound documents that cannot be accepted) ---------------------------
+
+    def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],
+                        body: bytes) -> int:
+        try:
+            with self._write() as conn:
+                cur = conn.execute(
+                    "INSERT INTO dead_letters (source, reason, headers, body, at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (source, clip(reason, 2000), json.dumps(headers), body, self.clock()))
+                return int(cur.lastrowid or 0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store write failed: {exc}") from exc
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT id, source, reason, headers, body, at FROM dead_letters ORDER BY id DESC "
+            "LIMIT ?", (limit,)).fetchall())
+        return [{"id": i, "source": s, "reason": r, "headers": json.loads(h),
+                 "body": bytes(b), "at": at} for i, s, r, h, b, at in reversed(rows)]

@@ -1,0 +1,290 @@
+"""StompPublisher and StompConsumer: STOMP 1.2 over stomp.py, on ActiveMQ (and RabbitMQ).
+
+Protocol edges, measured on these brokers (README, "Broker"):
+- a send is durable only once its RECEIPT came back, and only with `persistent:true`;
+- stomp.py adds `content-length` unless told not to, and with it ActiveMQ makes a JMS
+  BytesMessage that Smile's text listeners cannot read: connections here never add it;
+- stomp.py never reconnects an established connection and its receipt wait has no timeout:
+  both are done here, with our own deadline;
+- RabbitMQ takes the STOMP `host` header as the vhost: always send `vhost` (default "/").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import stomp
+import stomp.exception
+
+from gateway.config import BrokerSettings, InboundSettings
+from gateway.errors import PublishError, StoreError, clip
+from gateway.ports import Envelope, PublishOutcome
+from gateway.relay import Backoff
+
+log = logging.getLogger(__name__)
+
+STOMP_ERRORS = (stomp.exception.StompException, OSError)
+
+
+def _connection(broker: BrokerSettings) -> stomp.Connection12:
+    return stomp.Connection12(
+        [(broker.host, broker.port)],
+        heartbeats=(broker.heartbeat_ms, broker.heartbeat_ms),
+        vhost=broker.vhost,
+        auto_decode=False,
+        auto_content_length=False,
+        reconnect_attempts_max=1,
+        timeout=max(1.0, broker.receipt_timeout_s),
+    )
+
+
+class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
+    """Collects RECEIPT and ERROR frames, and notices a lost connection."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.receipts: set[str] = set()
+        self.errors: dict[str, str] = {}
+        self.broken: str | None = None
+
+    def on_receipt(self, frame: Any) -> None:
+        with self.cond:
+            self.receipts.add(frame.headers.get("receipt-id", ""))
+            self.cond.notify_all()
+
+    def on_error(self, frame: Any) -> None:
+        message = frame.headers.get("message", "") or _text(frame.body)
+        with self.cond:
+            receipt = frame.headers.get("receipt-id")
+            if receipt:
+                self.errors[receipt] = f"broker ERROR: {clip(message)}"
+            else:
+                self.broken = f"broker ERROR: {clip(message)}"
+            self.cond.notify_all()
+
+    def on_disconnected(self) -> None:
+        with self.cond:
+            self.broken = self.broken or "connection lost"
+            self.cond.notify_all()
+
+    def on_heartbeat_timeout(self) -> None:
+        with self.cond:
+            self.broken = "heart-beat timeout"
+            self.cond.notify_all()
+
+
+def _text(body: Any) -> str:
+    return body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+
+
+class StompPublisher:
+    """The Publisher port: pipelined sends, each with a receipt, one connection."""
+
+    def __init__(self, broker: BrokerSettings, client: str = "smile-gateway") -> None:
+        self.broker = broker
+        self.client = client
+        self._conn: stomp.Connection12 | None = None
+        self._tracker = _Tracker()
+
+    def _connected(self) -> stomp.Connection12:
+        if self._conn is not None and self._conn.is_connected() and not self._tracker.broken:
+            return self._conn
+        self.close()
+        tracker = _Tracker()
+        conn = _connection(self.broker)
+        conn.set_listener("tracker", tracker)
+        try:
+            conn.connect(self.broker.user, self.broker.password, wait=True,
+                         headers={"client-id": f"{self.client}-pub-{uuid.uuid4().hex[:8]}"})
+        except STOMP_ERRORS as exc:
+            _quietly_disconnect(conn)
+            raise PublishError(f"cannot connect to {self.broker.host}:{self.broker.port}: "
+                               f"{exc or type(exc).__name__}") from exc
+        self._conn, self._tracker = conn, tracker
+        log.info("publisher connected broker=%s:%d", self.broker.host, self.broker.port)
+        return conn
+
+    def publish(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
+        conn = self._connected()
+        tracker = self._tracker
+        receipts: dict[str, int] = {}
+        confirmed: list[int] = []
+        try:
+            for envelope in envelopes:
+                receipt = f"{envelope.item_id}-{uuid.uuid4().hex[:12]}"
+                receipts[receipt] = envelope.item_id
+                headers = dict(envelope.headers)
+                headers["persistent"] = "true"
+                conn.send(envelope.destination, envelope.body, headers=headers, receipt=receipt)
+        except STOMP_ERRORS as exc:
+            tracker.broken = tracker.broken or f"send failed: {exc or type(exc).__name__}"
+        deadline = time.monotonic() + self.broker.receipt_timeout_s
+        with tracker.cond:
+            while True:
+                pending = [r for r in receipts
+                           if r not in tracker.receipts and r not in tracker.errors]
+                if not pending or tracker.broken:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tracker.broken = (f"no receipt for {len(pending)} message(s) after "
+                                      f"{self.broker.receipt_timeout_s}s")
+                    break
+                tracker.cond.wait(left)
+            confirmed = [item for r, item in receipts.items() if r in tracker.receipts]
+            refused = {item: tracker.errors[r] for r, item in receipts.items()
+                       if r in tracker.errors}
+            for r in receipts:  # forget them: the tracker lives as long as the connection
+                tracker.receipts.discard(r)
+                tracker.errors.pop(r, None)
+            broken = tracker.broken
+        if broken and len(confirmed) + len(refused) < len(receipts):
+            self.close()
+            raise PublishError(broken, confirmed)
+        return PublishOutcome(tuple(confirmed), refused)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _quietly_disconnect(conn)
+
+
+def _quietly_disconnect(conn: stomp.Connection12, receipt: bool = False) -> None:
+    try:
+        if conn.is_connected():
+            # With a receipt, DISCONNECT returns only after the broker read every earlier
+            # frame; without one it may return first.
+            conn.disconnect(receipt=str(uuid.uuid4()) if receipt else None)
+    except STOMP_ERRORS:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+
+Handler = Callable[[dict[str, str], bytes], str]
+
+
+class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
+    def __init__(self, consumer: StompConsumer) -> None:
+        self.consumer = consumer
+
+    def on_message(self, frame: Any) -> None:
+        self.consumer._deliver(frame)
+
+    def on_disconnected(self) -> None:
+        self.consumer._lost("connection lost")
+
+    def on_heartbeat_timeout(self) -> None:
+        self.consumer._lost("heart-beat timeout")
+
+    def on_error(self, frame: Any) -> None:
+        log.error("broker ERROR on the consumer: %s",
+                  clip(frame.headers.get("message", "") or _text(frame.body)))
+
+
+class StompConsumer:
+    """Subscribes to the inbound destination and hands each message to `handler`.
+
+    `ack:client-individual`: a message is acknowledged only after the handler returned,
+    which the service does only after the store committed (or recorded a dead letter).
+    When the handler raises StoreError, nothing is acked and the connection is dropped, so
+    the broker redelivers. A topic gets a durable subscription.
+    """
+
+    def __init__(self, broker: BrokerSettings, inbound: InboundSettings, handler: Handler,
+                 poison: Callable[[dict[str, str], bytes, str], object],
+                 client: str = "smile-gateway") -> None:
+        self.broker = broker
+        self.inbound = inbound
+        self.handler = handler
+        self.poison = poison
+        self.client = client
+        self._conn: stomp.Connection12 | None = None
+        self._lost_event = threading.Event()
+        self.processed = 0
+
+    def _connect(self) -> None:
+        conn = _connection(self.broker)
+        conn.set_listener("deliveries", _Deliveries(self))
+        topic = self.inbound.destination.startswith("/topic/")
+        headers = {"client-id": self.inbound.subscription_name} if topic else \
+            {"client-id": f"{self.client}-sub-{uuid.uuid4().hex[:8]}"}
+        conn.connect(self.broker.user, self.broker.password, wait=True, headers=headers)
+        sub_headers = {"activemq.prefetchSize": "100"}
+        if topic:
+            # ActiveMQ's durable topic subscription: client-id on CONNECT + this name.
+            sub_headers["activemq.subscriptionName"] = self.inbound.subscription_name
+            sub_headers["durable"] = "true"  # RabbitMQ's spelling
+            sub_headers["auto-delete"] = "false"
+        self._lost_event.clear()
+        self._conn = conn
+        conn.subscribe(self.inbound.destination, id="inbound", ack="client-individual",
+                       headers=sub_headers)
+        log.info("consumer subscribed destination=%s", self.inbound.destination)
+
+    def _lost(self, why: str) -> None:
+        if not self._lost_event.is_set():
+            log.warning("consumer %s", why)
+        self._lost_event.set()
+
+    def _deliver(self, frame: Any) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        headers = {str(k): str(v) for k, v in frame.headers.items()}
+        body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
+        try:
+            outcome = self.handler(headers, body)
+        except StoreError as exc:
+            log.error("store unavailable, leaving message-id=%s unacknowledged: %s",
+                      headers.get("message-id"), exc)
+            self._lost("store unavailable")
+            _quietly_disconnect(conn)
+            return
+        except Exception as exc:  # a bug must not make a message loop forever
+            log.exception("handler failed on message-id=%s", headers.get("message-id"))
+            try:
+                self.poison(headers, body, f"handler failed: {exc!r}")
+                outcome = "dead-letter"
+            except StoreError:
+                self._lost("store unavailable")
+                _quietly_disconnect(conn)
+                return
+        try:
+            if outcome == "dead-letter" and self.inbound.dead_letter_destination:
+                conn.send(self.inbound.dead_letter_destination, body,
+                          headers={**_forwardable(headers), "persistent": "true"})
+            conn.ack(headers.get("ack") or headers.get("message-id", ""))
+            self.processed += 1
+        except STOMP_ERRORS as exc:
+            # not acked: the broker redelivers and the dedupe key makes it a no-op
+            log.warning("ack failed message-id=%s: %s", headers.get("message-id"), exc)
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, subscribe, and reconnect with backoff until `stop` is set."""
+        backoff = Backoff(self.broker.reconnect_initial_s, self.broker.reconnect_max_s)
+        while not stop.is_set():
+            try:
+                self._connect()
+            except STOMP_ERRORS as exc:
+                delay = backoff.next_delay()
+                log.warning("consumer cannot connect (%s); retrying in %.1fs", exc, delay)
+                stop.wait(delay)
+                continue
+            backoff.reset()
+            while not stop.is_set() and not self._lost_event.is_set():
+                stop.wait(0.2)
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                _quietly_disconnect(conn, receipt=stop.is_set())
+        log.info("consumer stopped")
+
+
+def _forwardable(headers: dict[str, str]) -> dict[str, str]:
+    skip = {"message-id", "subscription", "ack", "destination", "content-length"}
+    return {k: v for k, v in headers.items() if k not in skip}

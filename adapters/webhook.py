@@ -1,0 +1,236 @@
+"""The Flask app: Smile's webhook, order events, TMF622 listener, views, health, metrics.
+
+Every error is application/problem+json. Bad input is a 4xx, never a 500: the one error
+handler below maps the GatewayError tree (and werkzeug's HTTP errors) to responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from werkzeug.exceptions import HTTPException
+
+from gateway.config import Settings
+from gateway.errors import (
+    DocumentInvalidError,
+    DocumentParseError,
+    GatewayError,
+    MappingError,
+    StoreError,
+    TransitionError,
+    UnknownSubscriptionError,
+    clip,
+)
+from gateway.events import parse_order_event, parse_tmf622_event
+from gateway.ports import Store
+from gateway.service import GatewayService
+from gateway.signatures import SignatureError, secret_key, verify
+
+log = logging.getLogger(__name__)
+
+OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+XML_TYPES = ("application/xml", "text/xml")
+PROBLEM = "application/problem+json"
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str,
+                 errors: list[dict[str, Any]] | None = None) -> None:
+        self.status, self.title, self.detail, self.errors = status, title, detail, errors
+        super().__init__(detail)
+
+
+def problem(status: int, title: str, detail: str,
+            errors: list[dict[str, Any]] | None = None) -> Response:
+    body: dict[str, Any] = {"type": f"https://smile-gateway.invalid/problems/{status}",
+                            "title": title, "status": status, "detail": clip(detail, 1000)}
+    if errors is not None:
+        body["errors"] = errors
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM)
+
+
+def _translate(exc: Exception) -> Response:
+    """The one map from exceptions to HTTP responses."""
+    if isinstance(exc, _Problem):
+        return problem(exc.status, exc.title, exc.detail, exc.errors)
+    if isinstance(exc, SignatureError):
+        return problem(401, "Unauthorized", str(exc))
+    if isinstance(exc, DocumentParseError):
+        return problem(400, "Bad Request", str(exc), [v.as_dict() for v in exc.violations])
+    if isinstance(exc, DocumentInvalidError):
+        return problem(422, "Unprocessable Content", str(exc),
+                       [v.as_dict() for v in exc.violations])
+    if isinstance(exc, TransitionError):
+        return problem(409, "Conflict", str(exc))
+    if isinstance(exc, MappingError | UnknownSubscriptionError):
+        return problem(422, "Unprocessable Content", str(exc))
+    if isinstance(exc, StoreError):
+        log.error("store unavailable: %s", exc)
+        return problem(503, "Service Unavailable", "the store is unavailable; retry later")
+    if isinstance(exc, HTTPException):
+        code = exc.code or 500
+        return problem(code, exc.name, exc.description or exc.name)
+    if isinstance(exc, GatewayError):
+        return problem(422, "Unprocessable Content", str(exc))
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return problem(500, "Internal Server Error", "unexpected error; see the gateway's log")
+
+
+class _OutboxCollector:
+    """Outbox sizes per channel and status, read from the store at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("smile_gateway_outbox_items", "Outbox items by status",
+                                   labels=["channel", "status"])
+        try:
+            for (channel, status), count in sorted(self.store.counts().items()):
+                family.add_metric([channel, status], count)
+        except StoreError:
+            pass
+        yield family
+
+
+def create_app(service: GatewayService, settings: Settings,
+               ready_checks: Mapping[str, Callable[[], None]] | None = None,
+               test_config: Mapping[str, Any] | None = None,
+               clock: Callable[[], float] = time.time) -> Flask:
+    """The app factory: routes over the service, nothing built at import time."""
+    app = Flask("smile_gateway")
+    app.config.update(MAX_CONTENT_LENGTH=settings.webhook.max_body_bytes,
+                      JSON_SORT_KEYS=False)
+    if test_config:
+        app.config.update(test_config)
+    key = secret_key(settings.webhook.secret) if settings.webhook.secret else None
+    checks = dict(ready_checks or {})
+
+    registry = CollectorRegistry()
+    requests_total = Counter("smile_gateway_http_requests", "HTTP requests by route and status",
+                             ["route", "status"], registry=registry)
+    latency = Histogram("smile_gateway_http_request_seconds", "HTTP request duration",
+                        ["route"], registry=registry)
+    accepted = Counter("smile_gateway_documents_accepted", "Smile documents accepted",
+                       ["source"], registry=registry)
+    registry.register(_OutboxCollector(service.store))
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "(none)"
+        requests_total.labels(route, str(response.status_code)).inc()
+        latency.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    app.register_error_handler(Exception, _translate)
+
+    def body_bytes() -> bytes:
+        length = request.content_length
+        if length is not None and length > settings.webhook.max_body_bytes:
+            raise _Problem(413, "Content Too Large",
+                           f"body of {length} bytes is over the limit of "
+                           f"{settings.webhook.max_body_bytes}")
+        data = request.get_data(cache=True)
+        if len(data) > settings.webhook.max_body_bytes:
+            raise _Problem(413, "Content Too Large",
+                           f"body is over the limit of {settings.webhook.max_body_bytes}")
+        return data
+
+    def signed(data: bytes) -> str | None:
+        """The webhook-id when signatures are on (verified), else the header as given."""
+        if key is not None:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            return verify(key, headers, data, clock(), settings.webhook.tolerance_s)
+        return request.headers.get("webhook-id") or None
+
+    def json_body() -> Any:
+        if request.mimetype != "application/json":
+            raise _Problem(415, "Unsupported Media Type",
+                           f"expected application/json, found {request.mimetype or 'none'}")
+        data = body_bytes()
+        signed(data)
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Problem(400, "Bad Request", f"body is not valid JSON: {exc}") from exc
+
+    @app.post("/smile/messages")
+    def smile_messages() -> Response:
+        if request.mimetype not in XML_TYPES:
+            raise _Problem(415, "Unsupported Media Type",
+                           f"expected application/xml or text/xml, found "
+                           f"{request.mimetype or 'none'}")
+        data = body_bytes()
+        webhook_id = signed(data)
+        headers: dict[str, str] = {}
+        message_type = request.headers.get("X-Smile-Message-Type") or None
+        if message_type:
+            headers["smileMessageType"] = message_type
+        request_id = request.headers.get("X-Smile-Provision-Request-Id")
+        if request_id:
+            headers["provisionRequestId"] = request_id
+        result = service.accept_smile_document(
+            data, message_type, headers or None,
+            f"webhook:{webhook_id}" if webhook_id else None, "webhook")
+        accepted.labels("webhook").inc()
+        return Response(json.dumps(result), status=202, mimetype="application/json")
+
+    @app.post("/orders/events")
+    def order_events() -> Response:
+        change = parse_order_event(json_body())
+        result = service.apply_state_change(change)
+        return Response(json.dumps(result), status=202, mimetype="application/json")
+
+    @app.post("/listener/productOrderStateChangeEvent")
+    def tmf622_listener() -> Response:
+        change = parse_tmf622_event(json_body(), settings.webhook.tmf622_usn_path)
+        service.apply_state_change(change)
+        return Response(status=204)
+
+    @app.get("/subscriptions/<path:usn>")
+    def subscription(usn: str) -> Response:
+        try:
+            view = service.subscription_view(usn)
+        except UnknownSubscriptionError as exc:
+            raise _Problem(404, "Not Found", str(exc)) from exc
+        return Response(json.dumps(view), mimetype="application/json")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response(json.dumps({"status": "ok"}), mimetype="application/json")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        results = {}
+        ok = True
+        for name, check in checks.items():
+            try:
+                check()
+                results[name] = "ok"
+            except Exception as exc:  # a readiness probe reports, it does not fail
+                results[name] = f"failing: {clip(str(exc))}"
+                ok = False
+        body = json.dumps({"status": "ready" if ok else "not ready", "checks": results})
+        return Response(body, status=200 if ok else 503, mimetype="application/json")
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
+
+    @app.get("/openapi.yaml")
+    def openapi() -> Response:
+        return Response(OPENAPI.read_bytes(), mimetype="application/yaml")
+
+    return app

@@ -1,0 +1,213 @@
+"""JSON inputs from the order side, checked field by field into StateChanges (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway.domain import (
+    PlanScheduleItem,
+    Property,
+    PropertyType,
+    PropertyValue,
+    Statuses,
+    Subscription,
+    SubscriptionFeaturesUpdate,
+)
+from gateway.errors import DocumentInvalidError, Violation
+from gateway.service import NEW_SUBSCRIPTION_FLAGS, StateChange
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.found: list[Violation] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.found.append(Violation(0, 0, path, message))
+
+    def string(self, data: Mapping[str, Any], key: str, path: str,
+               required: bool = True) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                self.add(f"{path}/{key}", "required")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.add(f"{path}/{key}", f"expected a non-empty string, found {_kind(value)}")
+            return None
+        return value
+
+    def integer(self, data: Mapping[str, Any], key: str, path: str,
+                default: int | None = None) -> int | None:
+        value = data.get(key, default)
+        if value is None:
+            self.add(f"{path}/{key}", "required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(f"{path}/{key}", f"expected an integer, found {_kind(value)}")
+            return None
+        return value
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            summary = "; ".join(f"{v.path}: {v.message}" for v in self.found[:5])
+            raise DocumentInvalidError(f"invalid event: {summary}", self.found)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean", int: "a number",
+            float: "a number", str: "a string", type(None): "null"}.get(type(value),
+                                                                        type(value).__name__)
+
+
+def parse_order_event(payload: Any) -> StateChange:
+    """`{"eventId","usn","vocabulary","state","subscription"?}`; DocumentInvalidError lists
+    every problem with its JSON path."""
+    p = _Problems()
+    if not isinstance(payload, Mapping):
+        p.add("/", f"expected a JSON object, found {_kind(payload)}")
+        p.raise_if_any()
+        raise AssertionError  # pragma: no cover
+    event_id = p.string(payload, "eventId", "")
+    usn = p.string(payload, "usn", "")
+    vocabulary = p.string(payload, "vocabulary", "")
+    state = p.string(payload, "state", "")
+    subscription = None
+    if payload.get("subscription") is not None:
+        subscription = _subscription(p, payload["subscription"], usn or "")
+    p.raise_if_any()
+    assert event_id and usn and vocabulary and state
+    return StateChange(event_id, usn, vocabulary, state, subscription)
+
+
+def _subscription(p: _Problems, raw: Any, usn: str) -> SubscriptionFeaturesUpdate | None:
+    path = "/subscription"
+    if not isinstance(raw, Mapping):
+        p.add(path, f"expected an object, found {_kind(raw)}")
+        return None
+    sid = p.integer(raw, "sid", path)
+    name = p.string(raw, "serviceName", path)
+    parent = p.string(raw, "parent", path)
+    properties = _properties(p, raw.get("properties", []), f"{path}/properties")
+    plans = []
+    raw_plans = raw.get("plans")
+    if not isinstance(raw_plans, list) or not raw_plans:
+        p.add(f"{path}/plans", "expected a non-empty array of {planCode, planScheduleType, start}")
+    else:
+        for i, plan in enumerate(raw_plans):
+            ppath = f"{path}/plans/{i}"
+            if not isinstance(plan, Mapping):
+                p.add(ppath, f"expected an object, found {_kind(plan)}")
+                continue
+            code = p.string(plan, "planCode", ppath)
+            kind = p.integer(plan, "planScheduleType", ppath, default=1)
+            start = None
+            if plan.get("start") is not None:
+                start = _datetime(p, plan["start"], f"{ppath}/start")
+            if code is not None and kind is not None:
+                plans.append(PlanScheduleItem(code, kind, start))
+    if sid is None or name is None or parent is None or properties is None or not plans:
+        return None
+    statuses: Statuses = NEW_SUBSCRIPTION_FLAGS
+    return SubscriptionFeaturesUpdate(
+        Subscription(usn, sid, name, parent, properties, statuses), (), tuple(plans))
+
+
+def _datetime(p: _Problems, value: Any, path: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        p.add(path, "expected an ISO 8601 date-time with a UTC offset")
+        return None
+    return parsed
+
+
+def _properties(p: _Problems, raw: Any, path: str) -> tuple[Property, ...] | None:
+    if not isinstance(raw, list):
+        p.add(path, f"expected an array of {{type, name, value}}, found {_kind(raw)}")
+        return None
+    out = []
+    for i, item in enumerate(raw):
+        ipath = f"{path}/{i}"
+        if not isinstance(item, Mapping):
+            p.add(ipath, f"expected an object, found {_kind(item)}")
+            continue
+        kind_text = p.string(item, "type", ipath)
+        name = p.string(item, "name", ipath)
+        if kind_text is None or name is None:
+            continue
+        try:
+            kind = PropertyType(kind_text)
+        except ValueError:
+            p.add(f"{ipath}/type", f"unknown type {kind_text!r} (allowed: "
+                  f"{', '.join(t.value for t in PropertyType)})")
+            continue
+        value = _value(p, kind, item.get("value"), f"{ipath}/value")
+        out.append(Property(kind, name, value))
+    return tuple(out)
+
+
+def _value(p: _Problems, kind: PropertyType, value: Any, path: str) -> PropertyValue:
+    if value is None:
+        return None
+    ok: PropertyValue = None
+    match kind:
+        case PropertyType.STRING if isinstance(value, str):
+            ok = value
+        case PropertyType.BOOLEAN if isinstance(value, bool):
+            ok = value
+        case PropertyType.INTEGER if isinstance(value, int) and not isinstance(value, bool):
+            ok = value
+        case PropertyType.DECIMAL if isinstance(value, int | float | str) \
+                and not isinstance(value, bool):
+            try:
+                ok = Decimal(str(value))
+            except InvalidOperation:
+                ok = None
+            if ok is not None and not ok.is_finite():
+                ok = None
+        case PropertyType.DATE if isinstance(value, str):
+            try:
+                ok = date.fromisoformat(value)
+            except ValueError:
+                ok = None
+        case PropertyType.TIMESTAMP:
+            return _datetime(p, value, path)
+    if ok is None:
+        p.add(path, f"not a valid {kind.value} value: {_kind(value)}")
+    return ok
+
+
+def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
+    """A TMF622 ProductOrderStateChangeEvent: the order's state for the usn found at
+    `usn_path` (dotted, default event.productOrder.externalId)."""
+    p = _Problems()
+    if not isinstance(payload, Mapping):
+        p.add("/", f"expected a JSON object, found {_kind(payload)}")
+        p.raise_if_any()
+        raise AssertionError  # pragma: no cover
+    event_id = p.string(payload, "eventId", "")
+    order = payload.get("event", {}).get("productOrder") if isinstance(
+        payload.get("event"), Mapping) else None
+    state = None
+    if not isinstance(order, Mapping):
+        p.add("/event/productOrder", "required object")
+    else:
+        state = p.string(order, "state", "/event/productOrder")
+    node: Any = payload
+    for part in usn_path.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    usn = None
+    if isinstance(node, str) and node.strip():
+        usn = node
+    elif isinstance(node, int) and not isinstance(node, bool):
+        usn = str(node)
+    else:
+        p.add("/" + usn_path.replace(".", "/"), "required: the subscription's usn")
+    p.raise_if_any()
+    assert event_id and state and usn
+    return StateChange(event_id, usn, "order", state, None, source="tmf622")

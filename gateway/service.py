@@ -1,0 +1,338 @@
+"""The use cases: accept a Smile document, apply a state change, publish, inspect."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.config import Settings
+from gateway.domain import (
+    MESSAGE_TYPES,
+    ActivateStatus,
+    Document,
+    EnableStatus,
+    ProvisionStatus,
+    Statuses,
+    Subscription,
+    SubscriptionFeaturesUpdate,
+    SubscriptionProvisionResponse,
+    SubscriptionUpdated,
+    SuspendStatus,
+    subscription_of,
+)
+from gateway.errors import (
+    DocumentError,
+    DocumentInvalidError,
+    GatewayError,
+    MappingError,
+    UnknownSubscriptionError,
+    Violation,
+    clip,
+)
+from gateway.ports import (
+    BROKER,
+    FORWARD,
+    PENDING,
+    SUPPRESSED,
+    Codec,
+    Decision,
+    HistoryEntry,
+    NewOutboxItem,
+    RequestIds,
+    Store,
+    SubscriptionRecord,
+)
+from gateway.translator import Translator, state_key
+
+log = logging.getLogger(__name__)
+
+ORIGIN_HEADER = "gateway-origin"
+# The flags of a subscription the gateway creates from an order event, before any change.
+NEW_SUBSCRIPTION_FLAGS = Statuses(ProvisionStatus.READY_TO_PROVISION, SuspendStatus.ACTIVE,
+                                  ActivateStatus.NOT_ACTIVATED, EnableStatus.NOT_ENABLED)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """An internal state change from the order side."""
+
+    event_id: str
+    usn: str
+    vocabulary: str
+    state: str
+    subscription: SubscriptionFeaturesUpdate | None = None  # creates an unknown usn
+    source: str = "order-system"
+
+
+def feature_diff(document: Document,
+                 previous: SubscriptionFeaturesUpdate | None) -> tuple[tuple[int, ...],
+                                                                       tuple[int, ...]]:
+    if not isinstance(document, SubscriptionFeaturesUpdate):
+        return (), ()
+    now = document.feature_ids()
+    before = previous.feature_ids() if previous is not None else frozenset()
+    return tuple(sorted(now - before)), tuple(sorted(before - now))
+
+
+class GatewayService:
+    """Everything the entry points (HTTP, broker consumer, command line) ask of the gateway.
+
+    Every accepted input is committed to the store, with the outbox rows it causes, before
+    the method returns: callers answer 202 or ack only after that.
+    """
+
+    def __init__(self, settings: Settings, codec: Codec, store: Store, translator: Translator,
+                 notify: Callable[[str], None] = lambda channel: None) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.store = store
+        self.translator = translator
+        self.notify = notify  # wakes the relay of a channel after a commit
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _snapshot(self, record: SubscriptionRecord) -> SubscriptionFeaturesUpdate:
+        document = self.codec.decode(record.snapshot)
+        if isinstance(document, SubscriptionUpdated):
+            # only a SubscriptionClosed/Updated was ever seen: no features or plans known
+            return SubscriptionFeaturesUpdate(document.subscription)
+        if not isinstance(document, SubscriptionFeaturesUpdate):  # pragma: no cover
+            raise DocumentInvalidError(f"stored snapshot of usn={record.usn} is not a "
+                                       "subscription document")
+        return document
+
+    def _states(self, record: SubscriptionRecord | None) -> dict[str, str | None]:
+        base: dict[str, str | None] = dict.fromkeys(self.settings.mapping.vocabularies)
+        if record is not None:
+            base.update(record.states)
+        return base
+
+    def _wake(self, items: Sequence[NewOutboxItem]) -> None:
+        for channel in {i.channel for i in items if i.status == PENDING}:
+            self.notify(channel)
+
+    # -- outbound: order side -> Smile ------------------------------------------------------
+
+    def apply_state_change(self, change: StateChange) -> dict[str, Any]:
+        """Check, apply, render, validate and queue; returns {"messages": [...]}.
+
+        A repeated event id answers as the first time did and changes nothing."""
+        vocabulary = self.settings.mapping.vocabulary(change.vocabulary)
+        state = vocabulary.resolve(change.state)
+        written: list[NewOutboxItem] = []
+
+        def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+            if record is None:
+                if change.subscription is None:
+                    raise UnknownSubscriptionError(change.usn)
+                sub = change.subscription.subscription
+                if sub.usn != change.usn:
+                    problem = (f"subscription.usn {sub.usn!r} differs from usn "
+                               f"{change.usn!r}")
+                    raise DocumentInvalidError(problem, [Violation(0, 0, "/usn", problem)])
+                snapshot = change.subscription
+                request = None
+            else:
+                snapshot = self._snapshot(record)
+                request = record.provision_request_id
+            states = self._states(record)
+            current = states.get(vocabulary.name)
+            result = self.translator.to_smile(
+                vocabulary.name, state, snapshot, current, open_request=request,
+                correlation_id=change.event_id, request_ids=ids)
+            messages = []
+            for message in result.messages:
+                sends = self.settings.emission.sends(message.smile_message_type)
+                headers = {**message.headers, ORIGIN_HEADER: self.settings.emission.origin}
+                item = NewOutboxItem(BROKER, headers["gateway-message-id"], change.usn,
+                                     message.smile_message_type, headers, message.body,
+                                     PENDING if sends else SUPPRESSED)
+                written.append(item)
+                messages.append({"id": item.message_id,
+                                 "smileMessageType": item.kind, "status": item.status})
+            response = {"usn": change.usn, "vocabulary": vocabulary.name,
+                        "from": current, "to": state, "messages": messages}
+            if not result.changed and record is not None:
+                return Decision(None, (), (), response)
+            states[vocabulary.name] = state
+            body = self.codec.encode(snapshot.with_statuses(result.statuses))
+            new = SubscriptionRecord(change.usn, snapshot.subscription.sid, body, states,
+                                     result.provision_request_id)
+            history = HistoryEntry(change.source, change.event_id, vocabulary.name, current,
+                                   state, {"messages": messages})
+            return Decision(new, tuple(written), (history,), response)
+
+        response, duplicate = self.store.record(change.usn, f"event:{change.event_id}", decide)
+        if not duplicate:
+            self._wake(written)
+        return response
+
+    # -- inbound: Smile -> order side -------------------------------------------------------
+
+    def accept_smile_document(self, data: bytes, message_type: str | None = None,
+                              headers: Mapping[str, str] | None = None,
+                              dedupe_key: str | None = None,
+                              source: str = "smile") -> dict[str, Any]:
+        """Validate, record the snapshot and states (facts, never refused for their
+        transition), queue the forward event; returns the translation as JSON. A repeated
+        dedupe key answers as the first time did."""
+        return self._accept(data, message_type, headers, dedupe_key, source)[0]
+
+    def _accept(self, data: bytes, message_type: str | None,
+                headers: Mapping[str, str] | None, dedupe_key: str | None,
+                source: str) -> tuple[dict[str, Any], bool]:
+        translation = self.translator.from_smile(data, message_type, headers)
+        document = translation.document
+        sub = subscription_of(document)
+        given = dict(headers or {})
+        usn = sub.usn if sub is not None else given.get("usn", "")
+        written: list[NewOutboxItem] = []
+
+        def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+            previous = self._snapshot(record) if record is not None else None
+            added, removed = feature_diff(document, previous)
+            result = replace(translation, features_added=added, features_removed=removed)
+            response = result.as_dict()
+            history = []
+            new = None
+            if sub is not None:
+                states = self._states(record)
+                for vocabulary, state in result.states.items():
+                    if state is not None and states.get(vocabulary) != state:
+                        history.append(HistoryEntry(
+                            source, dedupe_key, vocabulary, states.get(vocabulary), state,
+                            {"smileMessageType": result.smile_message_type,
+                             "statuses": sub.statuses.as_dict()}))
+                        states[vocabulary] = state
+                if added or removed:
+                    history.append(HistoryEntry(source, dedupe_key, None, None, None, {
+                        "smileMessageType": result.smile_message_type,
+                        "features_added": list(added), "features_removed": list(removed)}))
+                if not history:
+                    history.append(HistoryEntry(source, dedupe_key, None, None, None, {
+                        "smileMessageType": result.smile_message_type,
+                        "statuses": sub.statuses.as_dict()}))
+                snapshot = self._new_snapshot(document, previous, data)
+                request = record.provision_request_id if record is not None else None
+                mtype = result.smile_message_type
+                if mtype == "SubscriptionReadyToProvision" and given.get("provisionRequestId"):
+                    request = int(given["provisionRequestId"])
+                elif mtype in ("SubscriptionProvisioned", "SubscriptionClosed"):
+                    request = None
+                new = SubscriptionRecord(sub.usn, sub.sid, snapshot, states, request)
+            elif isinstance(document, SubscriptionProvisionResponse):
+                history.append(HistoryEntry(source, dedupe_key, None, None, None, {
+                    "smileMessageType": "SubscriptionProvisionResponse",
+                    "provisionRequestId": document.provision_request_id,
+                    "status": document.status}))
+            if self.settings.forward.url:
+                event_id = str(uuid.uuid4())
+                event = {"eventId": event_id, "source": source, "dedupeKey": dedupe_key,
+                         **response}
+                written.append(NewOutboxItem(
+                    FORWARD, event_id, usn, result.smile_message_type or "SmileDocument",
+                    {"Idempotency-Key": event_id, "Content-Type": "application/json"},
+                    json.dumps(event).encode()))
+            return Decision(new, tuple(written), tuple(history), response)
+
+        response, duplicate = self.store.record(usn, dedupe_key, decide)
+        if not duplicate:
+            self._wake(written)
+        return response, duplicate
+
+    def _new_snapshot(self, document: Document, previous: SubscriptionFeaturesUpdate | None,
+                      data: bytes) -> bytes:
+        if isinstance(document, SubscriptionFeaturesUpdate):
+            return data  # validated as received: kept byte for byte
+        assert isinstance(document, SubscriptionUpdated)
+        if previous is not None:
+            return self.codec.encode(replace(previous, subscription=document.subscription))
+        return data
+
+    def consume(self, headers: Mapping[str, str], body: bytes) -> str:
+        """One message from the broker: 'own', 'duplicate', 'accepted' or 'dead-letter'.
+        The consumer acks after this returns; StoreError propagates (no ack)."""
+        if headers.get(ORIGIN_HEADER) == self.settings.emission.origin:
+            return "own"
+        key = headers.get("gateway-message-id") or headers.get("message-id")
+        dedupe_key = f"broker:{key}" if key else None
+        message_type = headers.get("smileMessageType") or None
+        try:
+            _, duplicate = self._accept(body, message_type, headers, dedupe_key, "smile")
+        except (DocumentError, MappingError) as exc:
+            self.dead_letter("broker", exc, headers, body)
+            return "dead-letter"
+        return "duplicate" if duplicate else "accepted"
+
+    def dead_letter(self, source: str, error: GatewayError | str, headers: Mapping[str, str],
+                    body: bytes) -> int:
+        reason = str(error)
+        if isinstance(error, DocumentError) and error.violations:
+            reason += "; " + "; ".join(f"{v.line}:{v.column} {v.path} {v.message}"
+                                       for v in error.violations[:20])
+        log.warning("dead letter source=%s reason=%s", source, clip(reason))
+        return self.store.add_dead_letter(source, reason, dict(headers), body)
+
+    # -- operator ---------------------------------------------------------------------------
+
+    def publish_documents(self, message_type: str, documents: Sequence[bytes],
+                          correlation_id: str | None = None) -> list[str]:
+        """Validate and queue documents as they are (`smile-gateway publish`)."""
+        mtype = MESSAGE_TYPES.get(message_type)
+        if mtype is None:
+            raise MappingError(f"unknown smileMessageType {message_type!r}", MESSAGE_TYPES)
+        correlation = correlation_id or str(uuid.uuid4())
+        decoded = [self.codec.decode(data) for data in documents]  # every one valid, or none
+        items: list[NewOutboxItem] = []
+
+        def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+            for data, document in zip(documents, decoded, strict=True):
+                headers = _document_headers(message_type, document)
+                if "provisionRequestId" in mtype.headers and "provisionRequestId" not in headers:
+                    headers["provisionRequestId"] = str(ids.next_provision_request_id())
+                if "commandID" in mtype.headers:
+                    headers["command"] = "provision"
+                    headers["commandID"] = str(ids.next_provision_request_id())
+                self.translator.from_smile(data, message_type, headers)  # body agrees
+                message_id = str(uuid.uuid4())
+                headers.update({"gateway-message-id": message_id, "correlation-id": correlation,
+                                ORIGIN_HEADER: self.settings.emission.origin})
+                items.append(NewOutboxItem(BROKER, message_id, headers.get("usn", ""),
+                                           message_type, headers, data))
+            return Decision(None, tuple(items))
+
+        self.store.record("", None, decide)
+        self._wake(items)
+        return [i.message_id for i in items]
+
+    def subscription_view(self, usn: str) -> dict[str, Any]:
+        record = self.store.subscription(usn)
+        if record is None:
+            raise UnknownSubscriptionError(usn)
+        snapshot = self._snapshot(record)
+        sub: Subscription = snapshot.subscription
+        return {
+            "usn": record.usn,
+            "sid": record.sid,
+            "statuses": sub.statuses.as_dict(),
+            "states": {state_key(v): s for v, s in record.states.items()},
+            "provisionRequestId": record.provision_request_id,
+            "features": [{"featureId": f.feature_id, "name": f.name} for f in snapshot.features],
+            "snapshot": record.snapshot.decode("utf-8"),
+            "history": self.store.history(usn),
+        }
+
+
+
+def _document_headers(message_type: str, document: Document) -> dict[str, str]:
+    headers = {"smileMessageType": message_type}
+    sub = subscription_of(document)
+    if sub is not None:
+        headers.update(usn=sub.usn, sid=str(sub.sid))
+    if isinstance(document, SubscriptionProvisionResponse):
+        headers["provisionRequestId"] = str(document.provision_request_id)
+    return headers

@@ -1,0 +1,62 @@
+"""Standard Webhooks signatures: `whsec_<base64>` secrets, v1 HMAC-SHA256, key rotation."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from gateway.errors import ConfigError, GatewayError
+
+PREFIX = "whsec_"
+
+
+class SignatureError(GatewayError):
+    """A webhook request is unsigned, wrongly signed, or outside the time window (401)."""
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key: the base64-decoded bytes after `whsec_`."""
+    if not secret.startswith(PREFIX):
+        raise ConfigError("webhook.secret", f"must be written {PREFIX}<base64>")
+    try:
+        key = base64.b64decode(secret[len(PREFIX):], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError("webhook.secret", f"the part after {PREFIX} is not base64") from exc
+    if not key:
+        raise ConfigError("webhook.secret", "the key is empty")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value for one key: `v1,<base64 HMAC>`."""
+    content = msg_id.encode() + b"." + str(timestamp).encode() + b"." + body
+    digest = hmac.new(key, content, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(key: bytes, headers: Mapping[str, str], body: bytes, now: float,
+           tolerance_s: int) -> str:
+    """Checks the three headers; returns the webhook-id. Raises SignatureError."""
+    msg_id = headers.get("webhook-id")
+    stamp = headers.get("webhook-timestamp")
+    signatures = headers.get("webhook-signature")
+    if not msg_id or not stamp or not signatures:
+        raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise SignatureError("webhook-timestamp is not a whole number of seconds") from None
+    if abs(now - timestamp) > tolerance_s:
+        raise SignatureError(f"webhook-timestamp is outside the {tolerance_s}s window")
+    expected = sign(key, msg_id, timestamp, body).encode()
+    # several space-separated signatures allow key rotation; compare each in constant time
+    matched = False
+    for candidate in signatures.split():
+        if candidate.startswith("v1,"):
+            matched |= hmac.compare_digest(candidate.encode(), expected)
+    if not matched:
+        raise SignatureError("no valid v1 signature")
+    return msg_id
