@@ -21,7 +21,14 @@ test: $(STAMP)
 	scripts/system-deps.sh
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	scripts/activemq.sh start
+	$(PY) -m pytest; status=$$?; scripts/activemq.sh stop; exit $$status
+
+broker:
+	scripts/activemq.sh start
+
+broker-stop:
+	scripts/activemq.sh stop
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -36,6 +43,9 @@ bench: $(STAMP)
 	scripts/system-deps.sh
 	$(PY) bench/validate.py
 	$(PY) bench/translate.py
+	scripts/activemq.sh start
+	$(PY) bench/publish.py
+	$(PY) bench/webhook.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

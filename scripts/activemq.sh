@@ -63,7 +63,7 @@ write_instance() {
        xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
                            http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="smile-gateway-test"
-          useJmx="false" persistent="true" dataDirectory="\${activemq.data}" schedulerSupport="false"
+          useJmx="false" persistent="true" dataDirectory="$BASE/data" schedulerSupport="false"
           advisorySupport="false">
     <destinationPolicy>
       <policyMap>
@@ -78,7 +78,7 @@ write_instance() {
       </policyMap>
     </destinationPolicy>
     <persistenceAdapter>
-      <kahaDB directory="\${activemq.data}/kahadb"/>
+      <kahaDB directory="$BASE/data/kahadb"/>
     </persistenceAdapter>
     <systemUsage>
       <systemUsage>
@@ -104,9 +104,15 @@ log4j.appender.logfile.layout.ConversionPattern=%d | %-5p | %m | %c | %t%n
 PROPS
 }
 
-stop() {
+leftovers() {  # brokers this script started elsewhere (another checkout) on the same STOMP port
   local pid
-  pid=$(ours) || { rm -f "$PIDFILE"; return 0; }
+  for pid in $(pgrep -f -- "-Dsmile.gateway.stomp.port=$STOMP_PORT " 2>/dev/null); do
+    alive "$pid" && echo "$pid"
+  done
+}
+
+terminate() {  # SIGTERM, then SIGKILL after 10 s
+  local pid=$1
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do
     alive "$pid" || break
@@ -117,6 +123,12 @@ stop() {
     kill -KILL "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
   fi
+}
+
+stop() {
+  local pid
+  pid=$(ours) || { rm -f "$PIDFILE"; return 0; }
+  terminate "$pid"
   rm -f "$PIDFILE"
   log "stopped (pid $pid)"
 }
@@ -124,6 +136,10 @@ stop() {
 start() {
   install
   stop  # a broker left over from an earlier run of this instance
+  for pid in $(leftovers); do
+    log "stopping a broker left over on port $STOMP_PORT (pid $pid)"
+    terminate "$pid"
+  done
   for port in "$STOMP_PORT" "$OPENWIRE_PORT"; do
     if port_open "$port"; then
       log "port $port on 127.0.0.1 is taken by another program; set STOMP_PORT/OPENWIRE_PORT"
@@ -131,7 +147,7 @@ start() {
     fi
   done
   write_instance
-  java -Xms64m -Xmx"$HEAP" -Djava.awt.headless=true -Djava.io.tmpdir="$BASE/tmp" \
+  java -Xms64m -Xmx"$HEAP" -Dsmile.gateway.stomp.port="$STOMP_PORT" -Djava.awt.headless=true -Djava.io.tmpdir="$BASE/tmp" \
     -Dactivemq.classpath="$BASE/conf" -Dactivemq.home="$HOME_DIR" \
     -Dactivemq.base="$BASE" -Dactivemq.conf="$BASE/conf" -Dactivemq.data="$BASE/data" \
     -Dlog4j.configuration="file:$BASE/conf/log4j.properties" \

@@ -1,0 +1,138 @@
+"""Helpers for tests against the project's real ActiveMQ (scripts/activemq.sh)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stomp
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "activemq.sh"
+HOST = "127.0.0.1"
+STOMP_PORT = int(os.environ.get("STOMP_PORT", "61613"))
+OPENWIRE_PORT = int(os.environ.get("OPENWIRE_PORT", "61616"))
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_broker(port: int = STOMP_PORT) -> None:
+    """A missing broker fails the run under CI=true; elsewhere it skips with the fix."""
+    if port_open(port):
+        return
+    message = (f"no STOMP broker on {HOST}:{port}: run `make broker` (or `make test`, which "
+               "starts one)")
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def unique_queue(name: str) -> str:
+    return f"/queue/test.{name}.{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Received:
+    frames: list[Any] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class _Collector(stomp.ConnectionListener):  # type: ignore[misc]
+    def __init__(self, received: Received) -> None:
+        self.received = received
+
+    def on_message(self, frame: Any) -> None:
+        with self.received.cond:
+            self.received.frames.append(frame)
+            self.received.cond.notify_all()
+
+
+def connect(port: int = STOMP_PORT) -> stomp.Connection12:
+    conn = stomp.Connection12([(HOST, port)], vhost="/", auto_decode=False,
+                              auto_content_length=False, heartbeats=(0, 0))
+    conn.connect("test", "test", wait=True)
+    return conn
+
+
+def receive(destination: str, count: int, timeout: float = 30.0, idle: float | None = None,
+            port: int = STOMP_PORT) -> list[Any]:
+    """Frames from `destination` until `count` arrived, the timeout passed, or (with idle)
+    nothing came for that long; auto-acknowledged."""
+    received = Received()
+    conn = stomp.Connection12([(HOST, port)], vhost="/", auto_decode=False, heartbeats=(0, 0))
+    conn.set_listener("collector", _Collector(received))
+    conn.connect("test", "test", wait=True)
+    conn.subscribe(destination, id="t", ack="auto")
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    seen = 0
+    try:
+        with received.cond:
+            while len(received.frames) < count:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if len(received.frames) != seen:
+                    seen, last = len(received.frames), now
+                if idle is not None and now - last >= idle:
+                    break
+                received.cond.wait(min(0.2, deadline - now))
+    finally:
+        conn.disconnect()
+    return list(received.frames)
+
+
+def send(destination: str, body: bytes, headers: dict[str, str], port: int = STOMP_PORT) -> None:
+    conn = connect(port)
+    try:
+        conn.send(destination, body, headers={**headers, "persistent": "true"},
+                  receipt=str(uuid.uuid4()))
+        time.sleep(0.05)
+    finally:
+        conn.disconnect(receipt=str(uuid.uuid4()))
+
+
+class BrokerInstance:
+    """A broker of its own (own folder and ports), for tests that kill and restart it."""
+
+    def __init__(self, base: Path, stomp_port: int, openwire_port: int) -> None:
+        self.env = {**os.environ, "ACTIVEMQ_BASE": str(base), "STOMP_PORT": str(stomp_port),
+                    "OPENWIRE_PORT": str(openwire_port), "ACTIVEMQ_HEAP": "192m"}
+        self.stomp_port = stomp_port
+
+    def _script(self, action: str) -> None:
+        subprocess.run([str(SCRIPT), action], env=self.env, check=True, timeout=120,
+                       capture_output=True)
+
+    def start(self) -> None:
+        self._script("start")
+
+    def kill(self) -> None:
+        self._script("kill")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")

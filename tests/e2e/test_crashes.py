@@ -1,0 +1,130 @@
+"""Nothing is lost when the broker or the gateway is SIGKILLed in the middle of publishing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from adapters.sql_store import SqlStore
+from adapters.stomp_broker import StompPublisher
+from gateway.config import Settings
+from gateway.ports import BROKER, SENT, InMemoryRequestIds
+from gateway.relay import BrokerRelay
+from gateway.service import GatewayService
+from gateway.translator import Translator
+from tests.brokers import BrokerInstance, port_open, receive, require_broker, unique_queue, wait_until
+from tests.conftest import ROOT, SAMPLES
+
+pytestmark = pytest.mark.broker
+COUNT = 2000
+CRASH_STOMP, CRASH_OPENWIRE = 61633, 61636
+
+
+@pytest.fixture()
+def own_broker(tmp_path: Path):
+    require_broker()  # the project's broker is installed and runs: this one can start too
+    if port_open(CRASH_STOMP):
+        pytest.fail(f"port {CRASH_STOMP} is taken: a broker left from a crashed run?")
+    broker = BrokerInstance(tmp_path / "activemq", CRASH_STOMP, CRASH_OPENWIRE)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def queue_documents(store: SqlStore, settings: Settings, codec, count: int) -> set[str]:
+    service = GatewayService(settings, codec, store,
+                             Translator(settings.mapping, codec, InMemoryRequestIds()))
+    data = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+    ids: set[str] = set()
+    for start in range(0, count, 100):
+        batch = [data.replace(b"<USN>2142426763</USN>", f"<USN>u{(start + i) % 20}</USN>".encode())
+                 for i in range(min(100, count - start))]
+        ids.update(service.publish_documents("SubscriptionFeaturesChanged", batch))
+    return ids
+
+
+def sent(store: SqlStore) -> int:
+    return store.counts().get((BROKER, SENT), 0)
+
+
+def test_a_broker_killed_mid_publish_loses_nothing(settings: Settings, codec, tmp_path,
+                                                   own_broker: BrokerInstance) -> None:
+    queue = unique_queue("brokerkill")
+    s = replace(settings,
+                broker=replace(settings.broker, port=CRASH_STOMP, receipt_timeout_s=5.0,
+                               reconnect_initial_s=0.2, reconnect_max_s=1.0, heartbeat_ms=1000,
+                               max_in_flight=100),
+                emission=replace(settings.emission, enabled=True, destination=queue))
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    ids = queue_documents(store, s, codec, COUNT)
+    relay = BrokerRelay(store, StompPublisher(s.broker), s.emission, s.broker)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: sent(store) >= COUNT // 4, 60, what="a quarter confirmed")
+        own_broker.kill()
+        killed_at = sent(store)
+        time.sleep(1.0)
+        own_broker.start()
+        wait_until(lambda: sent(store) == COUNT, 120, interval=0.2, what="all confirmed")
+    finally:
+        stop.set()
+        relay.wake.set()
+        thread.join(timeout=30)
+    assert killed_at < COUNT, "the kill came too late to test anything"
+    frames = receive(queue, COUNT + 1000, timeout=60, idle=3.0, port=CRASH_STOMP)
+    got = [f.headers["gateway-message-id"] for f in frames]
+    assert set(got) == ids  # every message arrived
+    assert len(got) - len(set(got)) <= s.broker.max_in_flight  # resends bounded by one window
+
+
+def test_a_gateway_killed_mid_run_drains_its_outbox_after_restart(
+        settings: Settings, codec, tmp_path) -> None:
+    require_broker()
+    queue = unique_queue("gatewaykill")
+    db = tmp_path / "g.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_STORE__URL": f"sqlite:///{db}", "GATEWAY_EMISSION__ENABLED": "true",
+                "GATEWAY_EMISSION__DESTINATION": queue, "GATEWAY_WEBHOOK__PORT": "0",
+                "GATEWAY_BROKER__MAX_IN_FLIGHT": "50", "GATEWAY_LOGGING__LEVEL": "WARNING"})
+    s = replace(settings, emission=replace(settings.emission, enabled=True, destination=queue))
+    store = SqlStore(f"sqlite:///{db}")
+    ids = queue_documents(store, s, codec, COUNT)
+
+    def serve() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    first = serve()
+    try:
+        wait_until(lambda: sent(store) >= COUNT // 5, 60, what="a fifth confirmed")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at = sent(store)
+        assert killed_at < COUNT, "the kill came too late to test anything"
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = serve()
+    try:
+        wait_until(lambda: sent(store) == COUNT, 120, interval=0.2, what="the outbox to drain")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            assert second.wait(timeout=30) == 0, second.stderr.read().decode() if second.stderr else ""
+        finally:
+            if second.poll() is None:
+                second.kill()
+    frames = receive(queue, COUNT + 500, timeout=60, idle=3.0)
+    got = [f.headers["gateway-message-id"] for f in frames]
+    assert set(got) == ids
+    assert len(got) - len(set(got)) <= 50  # at most the batch in flight at the kill

@@ -1,0 +1,286 @@
+"""The relay, publisher and consumer against a real ActiveMQ on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from adapters.smile_xml import SmileXmlCodec
+from adapters.sql_store import SqlStore
+from adapters.stomp_broker import StompConsumer, StompPublisher
+from gateway.config import Settings
+from gateway.ports import BROKER, DEAD, PENDING, SENT, NewOutboxItem
+from gateway.relay import BrokerRelay
+from gateway.service import GatewayService, StateChange
+from gateway.translator import Translator
+from tests.brokers import (
+    OPENWIRE_PORT,
+    STOMP_PORT,
+    receive,
+    require_broker,
+    send,
+    unique_queue,
+    wait_until,
+)
+from tests.conftest import INVALID, SAMPLES
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(autouse=True)
+def _broker() -> None:
+    require_broker()
+
+
+def make_settings(settings: Settings, queue: str, port: int = STOMP_PORT, **emission) -> Settings:
+    return replace(settings,
+                   broker=replace(settings.broker, port=port, receipt_timeout_s=5.0,
+                                  reconnect_initial_s=0.2, reconnect_max_s=1.0,
+                                  heartbeat_ms=2000),
+                   emission=replace(settings.emission, enabled=True, destination=queue,
+                                    **emission),
+                   inbound=replace(settings.inbound, enabled=True, destination=queue))
+
+
+def make_service(settings: Settings, codec: SmileXmlCodec, tmp_path: Path) -> GatewayService:
+    store = SqlStore(f"sqlite:///{tmp_path / 'gateway.db'}")
+    from gateway.ports import InMemoryRequestIds
+
+    return GatewayService(settings, codec, store,
+                          Translator(settings.mapping, codec, InMemoryRequestIds()))
+
+
+def seed(service: GatewayService, usn_suffix: str = "") -> str:
+    data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    if usn_suffix:
+        data = data.replace(b"<USN>2142426762</USN>", f"<USN>2142426762{usn_suffix}</USN>".encode())
+    result = service.accept_smile_document(data, "SubscriptionReadyToProvision",
+                                           {"provisionRequestId": "4242"})
+    return str(result["usn"])
+
+
+def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp_path) -> None:
+    queue = unique_queue("roundtrip")
+    s = make_settings(settings, queue)
+    service = make_service(s, codec, tmp_path)
+    usn = seed(service)  # order acknowledged, request 4242 open from Smile
+    service.apply_state_change(StateChange("evt-41", usn, "order", "inProgress"))
+    response = service.apply_state_change(StateChange("evt-42", usn, "order", "completed"))
+    assert [m["status"] for m in response["messages"]] == [PENDING, PENDING]
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    assert relay.drain(time.time() + 30) == 3
+    relay.publisher.close()
+    frames = receive(queue, 3, timeout=20)
+    assert len(frames) == 3
+    progress, first, second = frames
+    assert progress.headers["smileMessageType"] == "SubscriptionProvisionResponse"
+    assert b"<status>InProgress</status>" in progress.body
+    h = first.headers
+    assert h["smileMessageType"] == "SubscriptionProvisioned"
+    assert (h["usn"], h["sid"], h["provisionRequestId"]) == (usn, "170", "4242")
+    assert h["correlation-id"] == "evt-42"
+    assert h["gateway-message-id"] == response["messages"][0]["id"]
+    assert h["persistent"] == "true"
+    assert h["gateway-origin"] == "smile-gateway"
+    assert "content-length" not in h  # a JMS TextMessage: ActiveMQ adds none
+    assert b"<ProvisionStatus>Provisioned</ProvisionStatus>" in first.body
+    assert codec.check(first.body) == []
+    assert second.headers["smileMessageType"] == "SubscriptionProvisionResponse"
+    assert second.headers["provisionRequestId"] == "4242"
+    assert b"<status>Provisioned</status>" in second.body
+    statuses = {i.status for i in service.store.outbox()}
+    assert statuses == {SENT}
+
+
+def test_a_jms_listener_gets_text_messages_with_string_properties(settings, codec,
+                                                                  tmp_path) -> None:
+    javac, java = shutil.which("javac"), shutil.which("java")
+    if not javac or not java:
+        pytest.fail("javac and java are needed for the JMS listener (the JDK is on the machine)")
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    cp = "/usr/share/activemq/lib/*"
+    probe = Path(__file__).resolve().parent.parent / "jms" / "JmsProbe.java"
+    subprocess.run([javac, "-cp", cp, "-d", str(classes), str(probe)], check=True, timeout=120)
+    queue = unique_queue("jms")
+    s = make_settings(settings, queue)
+    service = make_service(s, codec, tmp_path)
+    usn = seed(service)
+    service.apply_state_change(StateChange("evt-jms", usn, "subscription", "activating"))
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    relay.drain(time.time() + 30)
+    relay.publisher.close()
+    done = subprocess.run([java, "-cp", f"{cp}:{classes}", "JmsProbe",
+                           f"tcp://127.0.0.1:{OPENWIRE_PORT}", queue.removeprefix("/queue/"),
+                           "2", "10000"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    import json
+
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [m["class"] for m in lines] == ["TextMessage", "TextMessage"]
+    for m in lines:
+        props = m["properties"]
+        for name in ("smileMessageType", "usn", "sid"):
+            assert props[name][0] == "String", (name, props[name])
+        assert m["text"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
+    assert lines[0]["properties"]["smileMessageType"][1] == "SubscriptionProvisioned"
+
+
+def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path) -> None:
+    queue = unique_queue("order")
+    s = make_settings(settings, queue, max_attempts=3)
+    s = replace(s, broker=replace(s.broker, max_in_flight=64))
+    service = make_service(s, codec, tmp_path)
+    usns = [seed(service, str(i)) for i in range(3)]
+    data = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+    expected = defaultdict(list)
+    for round_ in range(60):
+        for usn in usns:
+            body = data.replace(b"<USN>2142426763</USN>", f"<USN>{usn}</USN>".encode())
+            [mid] = service.publish_documents("SubscriptionFeaturesChanged", [body],
+                                              correlation_id=f"r{round_}")
+            expected[usn].append(mid)
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    assert relay.drain(time.time() + 60) == 180
+    relay.publisher.close()
+    frames = receive(queue, 180, timeout=30)
+    got = defaultdict(list)
+    for f in frames:
+        got[f.headers["usn"]].append(f.headers["gateway-message-id"])
+    assert got == expected
+
+
+def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
+        settings, codec, tmp_path) -> None:
+    queue = unique_queue("refused")
+    s = make_settings(settings, queue, max_attempts=2)
+    service = make_service(s, codec, tmp_path)
+    body = (SAMPLES / "SubscriptionEnabled.xml").read_bytes()
+    # ActiveMQ answers ERROR (with our receipt id) to a SEND naming an unknown transaction
+    poison = NewOutboxItem(BROKER, "poison-1", "u1", "SubscriptionEnabled",
+                           {"smileMessageType": "SubscriptionEnabled", "transaction": "nope"},
+                           body)
+    good = NewOutboxItem(BROKER, "good-1", "u2", "SubscriptionEnabled",
+                         {"smileMessageType": "SubscriptionEnabled"}, body)
+    service.store.enqueue([poison, good])
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    relay.run_once()
+    relay.clock = lambda: time.time() + 10_000  # past the retry delay
+    relay.run_once()
+    relay.publisher.close()
+    by_id = {i.message_id: i for i in service.store.outbox()}
+    assert by_id["good-1"].status == SENT
+    assert by_id["poison-1"].status == DEAD and by_id["poison-1"].attempts == 2
+    assert "Invalid transaction id" in (by_id["poison-1"].last_error or "")
+    assert service.store.replay(None) == 1
+    assert service.store.outbox(PENDING)[0].message_id == "poison-1"
+    [frame] = receive(queue, 1, timeout=10)  # only the good one reached the queue
+    assert frame.body == body and frame.headers["smileMessageType"] == "SubscriptionEnabled"
+
+
+class ConsumerThread:
+    def __init__(self, consumer: StompConsumer) -> None:
+        self.consumer = consumer
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=consumer.run, args=(self.stop,), daemon=True)
+
+    def __enter__(self) -> ConsumerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive()
+
+
+def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
+        settings, codec, tmp_path) -> None:
+    queue = unique_queue("consume")
+    s = make_settings(settings, queue)
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+
+    def handler(headers, body):
+        outcome = service.consume(headers, body)
+        outcomes.append(outcome)
+        return outcome
+
+    consumer = StompConsumer(s.broker, s.inbound, handler,
+                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+    rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    headers = {"smileMessageType": "SubscriptionReadyToProvision", "usn": "2142426762",
+               "sid": "170", "provisionRequestId": "77", "gateway-message-id": "smile-1"}
+    with ConsumerThread(consumer):
+        send(queue, rtp, headers)
+        send(queue, rtp, headers)  # the same message again: a duplicate
+        send(queue, rtp, {**headers, "gateway-message-id": "own-1",
+                          "gateway-origin": "smile-gateway"})
+        send(queue, (INVALID / "sid-not-integer.xml").read_bytes(),
+             {"smileMessageType": "SubscriptionReadyToProvision", "gateway-message-id": "bad-1"})
+        send(queue, (SAMPLES / "SubscriptionProvisioned.xml").read_bytes(),
+             {"smileMessageType": "SubscriptionProvisioned", "usn": "058554", "sid": "171",
+              "provisionRequestId": "78", "gateway-message-id": "smile-2"})
+        wait_until(lambda: len(outcomes) == 5, 20, what="five deliveries")
+    assert outcomes == ["accepted", "duplicate", "own", "dead-letter", "accepted"]
+    record = service.store.subscription("2142426762")
+    assert record is not None and record.provision_request_id == 77
+    assert record.states == {"order": "acknowledged", "subscription": "provisioning_in_progress"}
+    [dead] = service.store.dead_letters()
+    assert "SID" in dead["reason"] and dead["headers"]["gateway-message-id"] == "bad-1"
+    # everything was acknowledged: nothing is delivered again
+    assert receive(queue, 1, timeout=2) == []
+
+
+def test_a_poison_message_does_not_loop(settings, codec, tmp_path) -> None:
+    queue = unique_queue("poison")
+    s = make_settings(settings, queue)
+    service = make_service(s, codec, tmp_path)
+    calls: list[str] = []
+
+    def broken_handler(headers, body):
+        calls.append(headers.get("gateway-message-id", ""))
+        raise RuntimeError("a bug in the handler")
+
+    consumer = StompConsumer(s.broker, s.inbound, broken_handler,
+                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+    with ConsumerThread(consumer):
+        send(queue, b"<whatever/>", {"gateway-message-id": "poison-2"})
+        wait_until(lambda: calls, 20, what="the delivery")
+        time.sleep(1.5)
+    assert calls == ["poison-2"]
+    [dead] = service.store.dead_letters()
+    assert "a bug in the handler" in dead["reason"]
+    assert receive(queue, 1, timeout=2) == []
+
+
+def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_path) -> None:
+    from gateway.errors import StoreError
+
+    queue = unique_queue("storefail")
+    s = make_settings(settings, queue)
+    service = make_service(s, codec, tmp_path)
+    failures = [1]
+
+    def flaky(headers, body):
+        if failures:
+            failures.pop()
+            raise StoreError("disk full")
+        return service.consume(headers, body)
+
+    consumer = StompConsumer(s.broker, s.inbound, flaky,
+                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+    rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    with ConsumerThread(consumer):
+        send(queue, rtp, {"smileMessageType": "SubscriptionReadyToProvision",
+                          "provisionRequestId": "5", "gateway-message-id": "retry-1"})
+        wait_until(lambda: service.store.subscription("2142426762") is not None, 30,
+                   what="the redelivered message to be stored")
+    assert failures == []
