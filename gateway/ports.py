@@ -176,6 +176,7 @@ class Envelope:
     destination: str
     headers: dict[str, str]
     body: bytes
+    usn: str = ""  # the ordering key: one subscription's messages keep their order
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +189,10 @@ class Publisher(Protocol):
     """Sends envelopes; a send counts only once the broker's receipt came back."""
 
     def publish(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
-        """Sends all, pipelined, and waits for every receipt up to the receipt timeout.
-        Raises PublishError (with .confirmed) when the connection fails."""
+        """Sends all and waits for the broker's confirmation up to the receipt timeout;
+        messages the broker refuses are in `.refused`, with messages of the same usn after
+        them left unsent. Raises PublishError (with .confirmed) when the broker cannot be
+        reached."""
         ...
 
     def close(self) -> None: ...

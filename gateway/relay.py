@@ -62,7 +62,8 @@ class BrokerRelay:
         items = self.store.claim(BROKER, self.broker.max_in_flight, self.clock())
         if not items:
             return 0
-        envelopes = [Envelope(i.id, self.emission.destination, i.headers, i.body) for i in items]
+        envelopes = [Envelope(i.id, self.emission.destination, i.headers, i.body, i.usn)
+                     for i in items]
         try:
             outcome = self.publisher.publish(envelopes)
         except PublishError as exc:

@@ -68,12 +68,15 @@ write_instance() {
     <destinationPolicy>
       <policyMap>
         <policyEntries>
-          <!-- invalid or poison messages: one dead-letter queue per destination -->
-          <policyEntry queue="&gt;">
+          <!-- No producer flow control: a queue nobody reads (a test's, a benchmark's) must
+               not block senders; persistent messages page to the store instead.
+               Invalid or poison messages: one dead-letter queue per destination. -->
+          <policyEntry queue="&gt;" producerFlowControl="false" memoryLimit="16mb">
             <deadLetterStrategy>
               <individualDeadLetterStrategy queuePrefix="DLQ." useQueueForQueueMessages="true"/>
             </deadLetterStrategy>
           </policyEntry>
+          <policyEntry topic="&gt;" producerFlowControl="false" memoryLimit="16mb"/>
         </policyEntries>
       </policyMap>
     </destinationPolicy>

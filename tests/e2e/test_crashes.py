@@ -20,7 +20,14 @@ from gateway.ports import BROKER, SENT, InMemoryRequestIds
 from gateway.relay import BrokerRelay
 from gateway.service import GatewayService
 from gateway.translator import Translator
-from tests.brokers import BrokerInstance, port_open, receive, require_broker, unique_queue, wait_until
+from tests.brokers import (
+    BrokerInstance,
+    port_open,
+    receive,
+    require_broker,
+    unique_queue,
+    wait_until,
+)
 from tests.conftest import ROOT, SAMPLES
 
 pytestmark = pytest.mark.broker

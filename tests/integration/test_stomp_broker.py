@@ -163,13 +163,15 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     s = make_settings(settings, queue, max_attempts=2)
     service = make_service(s, codec, tmp_path)
     body = (SAMPLES / "SubscriptionEnabled.xml").read_bytes()
-    # ActiveMQ answers ERROR (with our receipt id) to a SEND naming an unknown transaction
+    # ActiveMQ drops the connection on a SEND whose `expires` is not a number
     poison = NewOutboxItem(BROKER, "poison-1", "u1", "SubscriptionEnabled",
-                           {"smileMessageType": "SubscriptionEnabled", "transaction": "nope"},
+                           {"smileMessageType": "SubscriptionEnabled", "usn": "u1", "expires": "soon"},
                            body)
+    later = NewOutboxItem(BROKER, "later-1", "u1", "SubscriptionEnabled",
+                          {"smileMessageType": "SubscriptionEnabled", "usn": "u1"}, body)
     good = NewOutboxItem(BROKER, "good-1", "u2", "SubscriptionEnabled",
-                         {"smileMessageType": "SubscriptionEnabled"}, body)
-    service.store.enqueue([poison, good])
+                         {"smileMessageType": "SubscriptionEnabled", "usn": "u2"}, body)
+    service.store.enqueue([poison, later, good])
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     relay.run_once()
     relay.clock = lambda: time.time() + 10_000  # past the retry delay
@@ -178,11 +180,16 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     by_id = {i.message_id: i for i in service.store.outbox()}
     assert by_id["good-1"].status == SENT
     assert by_id["poison-1"].status == DEAD and by_id["poison-1"].attempts == 2
-    assert "Invalid transaction id" in (by_id["poison-1"].last_error or "")
+    assert by_id["poison-1"].last_error
+    # the same subscription's next message waited behind it, then went out in order
+    assert by_id["later-1"].status == PENDING
+    relay.run_once()
+    relay.publisher.close()
+    assert service.store.outbox_by_message_ids(["later-1"])[0].status == SENT
     assert service.store.replay(None) == 1
     assert service.store.outbox(PENDING)[0].message_id == "poison-1"
-    [frame] = receive(queue, 1, timeout=10)  # only the good one reached the queue
-    assert frame.body == body and frame.headers["smileMessageType"] == "SubscriptionEnabled"
+    frames = receive(queue, 2, timeout=10)  # the good one and the later one; no poison
+    assert sorted(f.headers["usn"] for f in frames) == ["u1", "u2"]
 
 
 class ConsumerThread:
