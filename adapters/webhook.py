@@ -77,7 +77,11 @@ def _translate(exc: Exception) -> Response:
         return problem(503, "Service Unavailable", "the store is unavailable; retry later")
     if isinstance(exc, HTTPException):
         code = exc.code or 500
-        return problem(code, exc.name, exc.description or exc.name)
+        response = problem(code, exc.name, exc.description or exc.name)
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value  # e.g. Allow on a 405 (RFC 9110)
+        return response
     if isinstance(exc, GatewayError):
         return problem(422, "Unprocessable Content", str(exc))
     log.exception("unexpected error on %s %s", request.method, request.path)
@@ -165,6 +169,8 @@ def create_app(service: GatewayService, settings: Settings,
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Problem(400, "Bad Request", f"body is not valid JSON: {exc}") from exc
+        except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack
+            raise _Problem(400, "Bad Request", "body is nested too deeply") from exc
 
     @app.post("/smile/messages")
     def smile_messages() -> Response:

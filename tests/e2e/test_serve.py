@@ -1,0 +1,152 @@
+"""Through the real server: `smile-gateway serve` (waitress), ActiveMQ, an order system."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.brokers import receive, require_broker, send, unique_queue, wait_until
+from tests.conftest import INVALID, SAMPLES
+from tests.e2e.servers import GatewayProcess, OrderSystem
+
+RTP = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+XML = {"Content-Type": "application/xml"}
+
+
+@pytest.fixture()
+def orders():
+    with OrderSystem() as system:
+        yield system
+
+
+@pytest.fixture()
+def gateway(tmp_path: Path, orders: OrderSystem):
+    require_broker()
+    queue = unique_queue("serve")
+    gw = GatewayProcess(tmp_path, {
+        "GATEWAY_EMISSION__ENABLED": "true", "GATEWAY_EMISSION__DESTINATION": queue,
+        "GATEWAY_FORWARD__URL": orders.url, "GATEWAY_FORWARD__BACKOFF_S": "0.2",
+        "GATEWAY_INBOUND__ENABLED": "true",
+        "GATEWAY_INBOUND__DESTINATION": queue + ".in"}).start()
+    gw.queue = queue  # type: ignore[attr-defined]
+    yield gw
+    assert gw.stop() == 0, gw.log.read_text()
+
+
+def test_an_order_event_becomes_a_document_on_activemq(gateway) -> None:
+    r = requests.post(f"{gateway.url}/smile/messages", data=RTP, timeout=10, headers={
+        **XML, "X-Smile-Message-Type": "SubscriptionReadyToProvision",
+        "X-Smile-Provision-Request-Id": "31"})
+    assert r.status_code == 202, r.text
+    r = requests.post(f"{gateway.url}/orders/events", timeout=10, json={
+        "eventId": "ev-1", "usn": "2142426762", "vocabulary": "order", "state": "inProgress"})
+    assert r.status_code == 202, r.text
+    r = requests.post(f"{gateway.url}/listener/productOrderStateChangeEvent", timeout=10, json={
+        "eventId": "tmf-1", "event": {"productOrder": {"state": "completed",
+                                                       "externalId": "2142426762"}}})
+    assert r.status_code == 204, r.text
+    frames = receive(gateway.queue, 3, timeout=30)
+    assert [f.headers["smileMessageType"] for f in frames] == [
+        "SubscriptionProvisionResponse", "SubscriptionProvisioned",
+        "SubscriptionProvisionResponse"]
+    assert {f.headers["provisionRequestId"] for f in frames} == {"31"}
+    assert frames[0].headers["correlation-id"] == "ev-1"
+    assert frames[1].headers["correlation-id"] == "tmf-1"
+    view = requests.get(f"{gateway.url}/subscriptions/2142426762", timeout=10).json()
+    assert view["states"]["order_state"] == "completed"
+    assert view["statuses"] == {"provision": "Provisioned", "suspend": "Active",
+                                "activate": "Activated", "enable": "Enabled"}
+
+
+def test_a_posted_smile_document_is_forwarded(gateway, orders: OrderSystem) -> None:
+    orders.statuses = [503]  # the first try fails: the relay retries
+    r = requests.post(f"{gateway.url}/smile/messages", timeout=10, data=(
+        SAMPLES / "SubscriptionActivated.xml").read_bytes(), headers={
+        **XML, "X-Smile-Message-Type": "SubscriptionActivated", "webhook-id": "wh-1"})
+    assert r.status_code == 202
+    wait_until(lambda: any(c["status"] == 200 for c in orders.received), 30,
+               what="the forwarded event")
+    delivered = [c for c in orders.received if c["status"] == 200]
+    assert len(delivered) == 1
+    event = delivered[0]["json"]
+    assert (event["usn"], event["order_state"], event["smileMessageType"]) == (
+        "2142426765", "completed", "SubscriptionActivated")
+    assert delivered[0]["headers"]["Idempotency-Key"] == event["eventId"]
+    assert orders.received[0]["json"]["eventId"] == event["eventId"]  # the retry, same event
+
+
+def test_a_message_from_smile_on_the_broker_is_recorded(gateway) -> None:
+    send(gateway.queue + ".in", (SAMPLES / "SubscriptionSuspended.xml").read_bytes(),
+         {"smileMessageType": "SubscriptionSuspended", "usn": "2142426766", "sid": "176"})
+
+    def recorded() -> bool:
+        r = requests.get(f"{gateway.url}/subscriptions/2142426766", timeout=5)
+        return r.status_code == 200
+
+    wait_until(recorded, 30, what="the consumed document")
+
+
+def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes]]:
+    out = [("POST", "/smile/messages", XML, p.read_bytes())
+           for p in sorted(INVALID.glob("*.xml"))]
+    out += [
+        ("POST", "/smile/messages", XML, b""),
+        ("POST", "/smile/messages", {"Content-Type": "text/plain"}, RTP),
+        ("POST", "/smile/messages", {}, RTP),
+        ("POST", "/smile/messages", {**XML, "X-Smile-Message-Type": "Nonsense"}, RTP),
+        ("POST", "/smile/messages", {**XML, "X-Smile-Message-Type": "SubscriptionClosed"}, RTP),
+        ("POST", "/smile/messages", {**XML, "X-Smile-Provision-Request-Id": "abc",
+                                     "X-Smile-Message-Type": "SubscriptionReadyToProvision"},
+         RTP),
+        ("POST", "/smile/messages", {**XML, "X-Huge": "x" * 200_000}, RTP),
+        ("POST", "/orders/events", {"Content-Type": "application/json"}, b"{"),
+        ("POST", "/orders/events", {"Content-Type": "application/json"}, b"null"),
+        ("POST", "/orders/events", {"Content-Type": "application/json"}, b'"text"'),
+        ("POST", "/orders/events", {"Content-Type": "application/json"},
+         json.dumps({"eventId": 1, "usn": None, "vocabulary": [], "state": {}}).encode()),
+        ("POST", "/orders/events", {"Content-Type": "application/json"},
+         json.dumps({"eventId": "x", "usn": "u", "vocabulary": "order", "state": "accepted",
+                     "subscription": {"sid": "nine", "plans": "none",
+                                      "properties": [{"type": "Blob"}]}}).encode()),
+        ("POST", "/orders/events", {"Content-Type": "application/json"}, b"\xff\xfe\x00"),
+        ("POST", "/orders/events", {"Content-Type": "application/json"}, b"[" * 100_000),
+        ("POST", "/listener/productOrderStateChangeEvent", {"Content-Type": "application/json"},
+         b'{"eventId": "e", "event": {"productOrder": []}}'),
+        ("PUT", "/smile/messages", XML, RTP),
+        ("DELETE", "/orders/events", {}, b""),
+        ("GET", "/orders/events", {}, b""),
+        ("PATCH", "/subscriptions/x", {}, b""),
+        ("GET", "/subscriptions/%00%ff", {}, b""),
+        ("GET", "/nowhere", {}, b""),
+        ("POST", "/smile/messages", XML, b"<a>" * 600_000),
+        ("POST", "/smile/messages", XML, b"<a>" * 300_000),  # under the size limit, too deep
+    ]
+    return out
+
+
+def test_hostile_and_malformed_requests_get_4xx_never_5xx(gateway) -> None:
+    results = []
+    for method, path, headers, body in hostile_requests(gateway.url):
+        r = requests.request(method, gateway.url + path, headers=headers, data=body, timeout=30)
+        results.append((method, path, r.status_code))
+        assert 400 <= r.status_code < 500, (method, path, headers.get("Content-Type"),
+                                            r.status_code, r.text[:300])
+    assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
+    assert len(results) > 40
+
+
+def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:
+    host, port = "127.0.0.1", int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"POST /smile/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/xml"
+                  b"\r\nContent-Length: 100\r\n\r\n<a>")  # and then nothing more
+        r = requests.get(f"{gateway.url}/healthz", timeout=5)
+        assert r.status_code == 200  # another request is served meanwhile
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"GARBAGE\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.")

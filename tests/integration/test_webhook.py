@@ -1,0 +1,222 @@
+"""The Flask app over the real service and a SQLite file: routes, errors, signatures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adapters.sql_store import SqlStore
+from adapters.webhook import create_app
+from gateway.config import Settings
+from gateway.ports import InMemoryRequestIds
+from gateway.service import GatewayService
+from gateway.signatures import sign
+from gateway.translator import Translator
+from tests.conftest import INVALID, ROOT, SAMPLES
+
+SECRET_KEY = b"0123456789abcdef0123456789abcdef"
+SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
+RTP = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+
+
+def build(settings: Settings, codec, tmp_path: Path, **webhook):
+    s = replace(settings, webhook=replace(settings.webhook, **webhook))
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    service = GatewayService(s, codec, store, Translator(s.mapping, codec, InMemoryRequestIds()))
+    app = create_app(service, s, {"store": store.ping})
+    return app.test_client(), service
+
+
+@pytest.fixture()
+def client(settings, codec, tmp_path):
+    return build(settings, codec, tmp_path)[0]
+
+
+def post_xml(client, body: bytes, **headers):
+    return client.post("/smile/messages", data=body,
+                       headers={"Content-Type": "application/xml", **headers})
+
+
+def seed(client) -> None:
+    r = post_xml(client, RTP, **{"X-Smile-Message-Type": "SubscriptionReadyToProvision",
+                                 "X-Smile-Provision-Request-Id": "12"})
+    assert r.status_code == 202, r.json
+
+
+def test_a_smile_document_is_recorded_and_translated(client) -> None:
+    r = post_xml(client, RTP, **{"X-Smile-Message-Type": "SubscriptionReadyToProvision",
+                                 "X-Smile-Provision-Request-Id": "12"})
+    assert r.status_code == 202
+    assert r.json["order_state"] == "acknowledged"
+    assert r.json["subscription_status"] == "provisioning_in_progress"
+    view = client.get("/subscriptions/2142426762").json
+    assert view["provisionRequestId"] == 12
+    assert view["states"] == {"order_state": "acknowledged",
+                              "subscription_status": "provisioning_in_progress"}
+    assert view["history"][0]["source"] == "webhook"
+
+
+def test_an_order_event_renders_the_documents(client) -> None:
+    seed(client)
+    r = client.post("/orders/events", json={"eventId": "e-1", "usn": "2142426762",
+                                            "vocabulary": "order", "state": "inProgress"})
+    assert r.status_code == 202
+    assert [(m["smileMessageType"], m["status"]) for m in r.json["messages"]] == [
+        ("SubscriptionProvisionResponse", "suppressed")]  # emission is off by default
+    again = client.post("/orders/events", json={"eventId": "e-1", "usn": "2142426762",
+                                                "vocabulary": "order", "state": "inProgress"})
+    assert again.status_code == 202 and again.json == r.json  # processed once
+
+
+def test_an_order_event_can_create_the_subscription(client) -> None:
+    r = client.post("/orders/events", json={
+        "eventId": "e-new", "usn": "N1", "vocabulary": "subscription", "state": "draft",
+        "subscription": {"sid": 9, "serviceName": "Fibre", "parent": "P1",
+                         "properties": [{"type": "Boolean", "name": "vip", "value": True}],
+                         "plans": [{"planCode": "f100", "start": "2025-01-01T00:00:00+10:00"}]}})
+    assert r.status_code == 202, r.json
+    assert client.get("/subscriptions/N1").json["states"]["subscription_status"] == "draft"
+
+
+def test_a_refused_transition_is_409_naming_both_states(client) -> None:
+    seed(client)
+    r = client.post("/orders/events", json={"eventId": "e-2", "usn": "2142426762",
+                                            "vocabulary": "order", "state": "closed"})
+    assert r.status_code == 409
+    assert r.mimetype == "application/problem+json"
+    assert "acknowledged -> closed" in r.json["detail"]
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    ({"eventId": "e", "usn": "nobody", "vocabulary": "order", "state": "accepted"}, 422,
+     "unknown subscription"),
+    ({"eventId": "e", "usn": "2142426762", "vocabulary": "order", "state": "shipped"}, 422,
+     "unknown order state"),
+    ({"eventId": "e", "usn": "2142426762", "vocabulary": "orders", "state": "held"}, 422,
+     "unknown vocabulary"),
+    ({"eventId": 5, "usn": ["x"], "vocabulary": "order"}, 422, "/eventId"),
+    ([1, 2], 422, "expected a JSON object"),
+])
+def test_bad_order_events_are_4xx_problems(client, body, status, words) -> None:
+    seed(client)
+    r = client.post("/orders/events", json=body)
+    assert r.status_code == status
+    assert words in json.dumps(r.json)
+
+
+def test_malformed_json_is_400_and_a_wrong_type_is_415(client) -> None:
+    r = client.post("/orders/events", data=b"{nope", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    r = client.post("/orders/events", data=b"{}", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_the_tmf622_listener_answers_204(client) -> None:
+    seed(client)
+    event = {"eventId": "tmf-1", "eventType": "ProductOrderStateChangeEvent",
+             "event": {"productOrder": {"id": "PO-1", "state": "accepted",
+                                        "externalId": "2142426762"}}}
+    r = client.post("/listener/productOrderStateChangeEvent", json=event)
+    assert r.status_code == 204 and r.data == b""
+    states = client.get("/subscriptions/2142426762").json["states"]
+    assert states["order_state"] == "accepted"
+    bad = client.post("/listener/productOrderStateChangeEvent", json={"eventId": "x"})
+    assert bad.status_code == 422 and "productOrder" in bad.json["detail"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in INVALID.glob("*.xml")))
+def test_every_invalid_fixture_is_a_4xx_with_its_errors(client, name) -> None:
+    r = post_xml(client, (INVALID / name).read_bytes())
+    assert r.status_code in (400, 413, 422), (name, r.status_code)
+    assert r.mimetype == "application/problem+json"
+    if r.status_code != 413:
+        assert r.json["errors"] and {"line", "column", "path", "message"} <= set(r.json["errors"][0])
+
+
+def test_doctype_is_400_schema_violations_are_422(client) -> None:
+    assert post_xml(client, (INVALID / "xxe-external-entity.xml").read_bytes()).status_code == 400
+    r = post_xml(client, (INVALID / "several-violations.xml").read_bytes())
+    assert r.status_code == 422 and len(r.json["errors"]) == 3
+
+
+def test_content_type_and_size_limits(settings, codec, tmp_path) -> None:
+    client, _ = build(settings, codec, tmp_path, max_body_bytes=2000)
+    r = client.post("/smile/messages", data=RTP, headers={"Content-Type": "application/json"})
+    assert r.status_code == 415
+    r = post_xml(client, RTP + b" " * 2000)
+    assert r.status_code == 413 and r.mimetype == "application/problem+json"
+    assert post_xml(client, RTP, **{"Content-Type": "text/xml; charset=utf-8"}).status_code == 202
+
+
+def test_a_repeated_webhook_id_answers_as_the_first_time(client) -> None:
+    first = post_xml(client, RTP, **{"webhook-id": "msg_1"})
+    second = post_xml(client, RTP, **{"webhook-id": "msg_1"})
+    assert first.status_code == second.status_code == 202
+    assert first.json == second.json
+    assert len(client.get("/subscriptions/2142426762").json["history"]) == 2  # states + once
+
+
+def signed_headers(body: bytes, msg_id: str = "msg_abc", when: int | None = None,
+                   key: bytes = SECRET_KEY) -> dict[str, str]:
+    ts = int(time.time()) if when is None else when
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts),
+            "webhook-signature": sign(key, msg_id, ts, body)}
+
+
+def test_signatures_are_checked_when_a_secret_is_set(settings, codec, tmp_path) -> None:
+    client, _ = build(settings, codec, tmp_path, secret=SECRET)
+    assert post_xml(client, RTP).status_code == 401
+    assert post_xml(client, RTP, **signed_headers(RTP)).status_code == 202
+    assert post_xml(client, RTP + b" ", **signed_headers(RTP)).status_code == 401
+    old = signed_headers(RTP, "msg_old", int(time.time()) - 301)
+    assert post_xml(client, RTP, **old).status_code == 401
+    rotated = signed_headers(RTP, "msg_rot")
+    rotated["webhook-signature"] = (sign(b"another key", "msg_rot", int(
+        rotated["webhook-timestamp"]), RTP) + " " + rotated["webhook-signature"])
+    assert post_xml(client, RTP, **rotated).status_code == 202
+    body = json.dumps({"eventId": "e", "usn": "2142426762", "vocabulary": "order",
+                       "state": "accepted"}).encode()
+    r = client.post("/orders/events", data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
+    r = client.post("/orders/events", data=body, headers={
+        "Content-Type": "application/json", **signed_headers(body, "msg_ev")})
+    assert r.status_code == 202
+
+
+def test_health_readiness_metrics_and_openapi(client) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json["status"] == "ready"
+    seed(client)
+    metrics = client.get("/metrics").data.decode()
+    assert 'smile_gateway_http_requests_total{route="/smile/messages",status="202"} 1.0' in metrics
+    spec = yaml.safe_load(client.get("/openapi.yaml").data)
+    assert spec["openapi"].startswith("3.")
+
+
+def test_the_openapi_file_describes_every_route(client) -> None:
+    spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+    app_routes = {r.rule.replace("<path:usn>", "{usn}")
+                  for r in client.application.url_map.iter_rules() if r.endpoint != "static"}
+    assert set(spec["paths"]) == app_routes
+
+
+def test_unknown_routes_and_methods_are_problems(client) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and r.mimetype == "application/problem+json"
+    r = client.get("/smile/messages")
+    assert r.status_code == 405 and r.mimetype == "application/problem+json"
+
+
+def test_a_store_outage_is_503(settings, codec, tmp_path) -> None:
+    client, service = build(settings, codec, tmp_path)
+    service.store.close()
+    Path(service.store.path).unlink()
+    Path(service.store.path).mkdir()  # the database is now a folder: nothing can open it
+    r = post_xml(client, RTP)
+    assert r.status_code == 503 and r.mimetype == "application/problem+json"
