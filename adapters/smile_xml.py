@@ -222,6 +222,10 @@ class SmileXmlCodec:
         except _ValueProblem as exc:
             raise DocumentInvalidError(str(exc), [exc.violation]) from exc
 
+    def feature_ids(self, data: bytes) -> frozenset[int]:
+        root = etree.fromstring(data, self._parser())
+        return frozenset(int(el.text) for el in root.iter(_NS + "FeatureId"))
+
     # -- writing ----------------------------------------------------------------------------
 
     def build_tree(self, document: Document) -> etree._Element:

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +105,23 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///"):]
 
 
+class _Job:
+    """One caller's piece of a group commit."""
+
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self.result, self.error = None, error
+        self.done = True
+
+
 class _TransactionIds:
     """provisionRequestIds from the sequences table, inside the caller's transaction."""
 
@@ -130,6 +147,9 @@ class SqlStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Job] = []
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -176,6 +196,68 @@ class SqlStore:
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
             raise StoreError(f"commit failed: {exc}") from exc
+
+    def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a write transaction, committed before this returns.
+
+        Group commit: writers queue their work; whoever holds the commit lock runs every
+        queued piece in one transaction, each inside its own SAVEPOINT (a piece that raises
+        is rolled back alone and its caller gets the exception), and commits once. With
+        synchronous=FULL the fsync is the cost of a commit, so concurrent requests share it.
+        Waiting on a Python lock also avoids SQLite's sleeping busy handler within a process.
+        """
+        job = _Job(fn)
+        with self._queue_lock:
+            self._queue.append(job)
+        while not job.done:
+            with self._commit_lock:
+                if job.done:
+                    break
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
+
+    def _commit(self, batch: list[_Job]) -> None:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for job in batch:
+                job.finish(error=StoreError(f"store unavailable: {exc}"))
+            return
+        alone = len(batch) == 1  # the common case when idle: no savepoint needed
+        try:
+            for job in batch:
+                if not alone:
+                    conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO job")
+                    job.error = (StoreError(f"store write failed: {exc}")
+                                 if isinstance(exc, sqlite3.Error) else exc)
+                    if alone:
+                        job.finish(job.error)
+                        return
+                if not alone:
+                    conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for job in batch:
+                job.finish(error=StoreError(f"commit failed: {exc}"))
+            return
+        except BaseException:
+            conn.execute("ROLLBACK")
+            for job in batch:
+                job.finish(error=StoreError("commit interrupted"))
+            raise
+        for job in batch:
+            job.finish()
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -229,38 +311,37 @@ class SqlStore:
 
     def record(self, usn: str, dedupe_key: str | None,
                decide: Decide) -> tuple[dict[str, Any], bool]:
-        try:
-            with self._write() as conn:
-                if dedupe_key is not None:
-                    seen = conn.execute("SELECT response FROM dedupe WHERE key = ?",
-                                        (dedupe_key,)).fetchone()
-                    if seen is not None:
-                        return json.loads(seen[0]), True
-                current = self._record(conn.execute(
-                    "SELECT usn, sid, snapshot, states, provision_request_id "
-                    "FROM subscriptions WHERE usn = ?", (usn,)).fetchone())
-                decision = decide(current, _TransactionIds(conn))
-                now = self.clock()
-                new = decision.record
-                if new is not None:
-                    conn.execute(
-                        "INSERT INTO subscriptions (usn, sid, snapshot, states, "
-                        "provision_request_id, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (usn) DO UPDATE SET sid = excluded.sid, "
-                        "snapshot = excluded.snapshot, states = excluded.states, "
-                        "provision_request_id = excluded.provision_request_id, "
-                        "updated_at = excluded.updated_at",
-                        (new.usn, new.sid, new.snapshot, json.dumps(new.states),
-                         new.provision_request_id, now))
-                for entry in decision.history:
-                    self._add_history(conn, usn, entry, now)
-                self._insert_outbox(conn, decision.outbox, now)
-                if dedupe_key is not None:
-                    conn.execute("INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
-                                 (dedupe_key, json.dumps(decision.response), now))
-                return decision.response, False
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
+        def work(conn: sqlite3.Connection) -> tuple[dict[str, Any], bool]:
+            if dedupe_key is not None:
+                seen = conn.execute("SELECT response FROM dedupe WHERE key = ?",
+                                    (dedupe_key,)).fetchone()
+                if seen is not None:
+                    return json.loads(seen[0]), True
+            current = self._record(conn.execute(
+                "SELECT usn, sid, snapshot, states, provision_request_id "
+                "FROM subscriptions WHERE usn = ?", (usn,)).fetchone())
+            decision = decide(current, _TransactionIds(conn))
+            now = self.clock()
+            new = decision.record
+            if new is not None:
+                conn.execute(
+                    "INSERT INTO subscriptions (usn, sid, snapshot, states, "
+                    "provision_request_id, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (usn) DO UPDATE SET sid = excluded.sid, "
+                    "snapshot = excluded.snapshot, states = excluded.states, "
+                    "provision_request_id = excluded.provision_request_id, "
+                    "updated_at = excluded.updated_at",
+                    (new.usn, new.sid, new.snapshot, json.dumps(new.states),
+                     new.provision_request_id, now))
+            for entry in decision.history:
+                self._add_history(conn, usn, entry, now)
+            self._insert_outbox(conn, decision.outbox, now)
+            if dedupe_key is not None:
+                conn.execute("INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
+                             (dedupe_key, json.dumps(decision.response), now))
+            return decision.response, False
+
+        return self._transact(work)
 
     @staticmethod
     def _add_history(conn: sqlite3.Connection, usn: str, entry: HistoryEntry,
@@ -300,11 +381,10 @@ class SqlStore:
         return ids
 
     def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]:
-        try:
-            with self._write() as conn:
-                return self._insert_outbox(conn, items, self.clock())
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
+        def work(conn: sqlite3.Connection) -> list[int]:
+            return self._insert_outbox(conn, items, self.clock())
+
+        return self._transact(work)
 
     @staticmethod
     def _item(row: tuple[Any, ...]) -> OutboxItem:
@@ -327,25 +407,23 @@ class SqlStore:
     def mark_sent(self, ids: Sequence[int]) -> None:
         if not ids:
             return
-        try:
-            with self._write() as conn:
-                conn.executemany(
-                    "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = NULL, "
-                    "updated_at = ? WHERE id = ? AND status = ?",
-                    [(SENT, self.clock(), i, PENDING) for i in ids])
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = NULL, "
+                "updated_at = ? WHERE id = ? AND status = ?",
+                [(SENT, self.clock(), i, PENDING) for i in ids])
+
+        return self._transact(work)
 
     def mark_failed(self, item_id: int, error: str, retry_at: float, dead: bool) -> None:
-        try:
-            with self._write() as conn:
-                conn.execute(
-                    "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, "
-                    "next_attempt_at = ?, updated_at = ? WHERE id = ? AND status = ?",
-                    (DEAD if dead else PENDING, clip(error, 500), retry_at, self.clock(),
-                     item_id, PENDING))
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+                (DEAD if dead else PENDING, clip(error, 500), retry_at, self.clock(),
+                 item_id, PENDING))
+
+        return self._transact(work)
 
     def outbox(self, status: str | None = None, limit: int = 1000) -> list[OutboxItem]:
         if status is None:
@@ -373,38 +451,36 @@ class SqlStore:
         return out
 
     def replay(self, ids: Sequence[int] | None = None) -> int:
-        try:
-            with self._write() as conn:
-                now = self.clock()
-                if ids is None:
-                    cur = conn.execute(
-                        "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
-                        "updated_at = ? WHERE status = ?", (PENDING, now, DEAD))
-                    return cur.rowcount
-                count = 0
-                for item_id in ids:
-                    cur = conn.execute(
-                        "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
-                        "updated_at = ? WHERE id = ? AND status != ?",
-                        (PENDING, now, item_id, PENDING))
-                    count += cur.rowcount
-                return count
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
+        def work(conn: sqlite3.Connection) -> int:
+            now = self.clock()
+            if ids is None:
+                cur = conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
+                    "updated_at = ? WHERE status = ?", (PENDING, now, DEAD))
+                return cur.rowcount
+            count = 0
+            for item_id in ids:
+                cur = conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
+                    "updated_at = ? WHERE id = ? AND status != ?",
+                    (PENDING, now, item_id, PENDING))
+                count += cur.rowcount
+            return count
+
+        return self._transact(work)
 
     # -- dead letters (inbound documents that cannot be accepted) ---------------------------
 
     def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],
                         body: bytes) -> int:
-        try:
-            with self._write() as conn:
-                cur = conn.execute(
-                    "INSERT INTO dead_letters (source, reason, headers, body, at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (source, clip(reason, 2000), json.dumps(headers), body, self.clock()))
-                return int(cur.lastrowid or 0)
-        except sqlite3.Error as exc:
-            raise StoreError(f"store write failed: {exc}") from exc
+        def work(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO dead_letters (source, reason, headers, body, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (source, clip(reason, 2000), json.dumps(headers), body, self.clock()))
+            return int(cur.lastrowid or 0)
+
+        return self._transact(work)
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(lambda c: c.execute(

@@ -29,3 +29,5 @@ def configure_logging(settings: LoggingSettings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
     logging.getLogger("stomp").setLevel(logging.WARNING)  # stomp.py is chatty at INFO
+    # waitress warns "Task queue depth is N" whenever all threads are busy for a moment
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)

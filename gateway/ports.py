@@ -25,6 +25,10 @@ class Codec(Protocol):
         """Render UTF-8 bytes, validated; deterministic for equal documents."""
         ...
 
+    def feature_ids(self, data: bytes) -> frozenset[int]:
+        """The FeatureIds of a document the gateway stored itself (trusted: not validated)."""
+        ...
+
 
 class RequestIds(Protocol):
     """Allocates provisionRequestIds: unique, increasing, persisted by a real store."""

@@ -69,12 +69,11 @@ class StateChange:
 
 
 def feature_diff(document: Document,
-                 previous: SubscriptionFeaturesUpdate | None) -> tuple[tuple[int, ...],
-                                                                       tuple[int, ...]]:
+                 before: frozenset[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """FeatureIds added and removed against the stored snapshot's."""
     if not isinstance(document, SubscriptionFeaturesUpdate):
         return (), ()
     now = document.feature_ids()
-    before = previous.feature_ids() if previous is not None else frozenset()
     return tuple(sorted(now - before)), tuple(sorted(before - now))
 
 
@@ -193,8 +192,12 @@ class GatewayService:
         written: list[NewOutboxItem] = []
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
-            previous = self._snapshot(record) if record is not None else None
-            added, removed = feature_diff(document, previous)
+            previous = None
+            if record is not None and not isinstance(document, SubscriptionFeaturesUpdate):
+                previous = self._snapshot(record)  # merged below: needs the whole document
+            before = (self.codec.feature_ids(record.snapshot) if record is not None
+                      else frozenset())
+            added, removed = feature_diff(document, before)
             result = replace(translation, features_added=added, features_removed=removed)
             response = result.as_dict()
             history = []

@@ -220,3 +220,14 @@ def test_a_store_outage_is_503(settings, codec, tmp_path) -> None:
     Path(service.store.path).mkdir()  # the database is now a folder: nothing can open it
     r = post_xml(client, RTP)
     assert r.status_code == 503 and r.mimetype == "application/problem+json"
+
+
+def test_the_feature_diff_is_taken_against_the_stored_snapshot(client) -> None:
+    changed = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+    first = post_xml(client, changed).json
+    assert (first["features_added"], first["features_removed"]) == ([5001, 5003], [])
+    fewer = changed.replace(b"<FeatureId>5003</FeatureId>", b"<FeatureId>5004</FeatureId>")
+    second = post_xml(client, fewer).json
+    assert (second["features_added"], second["features_removed"]) == ([5004], [5003])
+    again = post_xml(client, fewer).json
+    assert (again["features_added"], again["features_removed"]) == ([], [])

@@ -1,0 +1,160 @@
+"""POST /smile/messages against a bare Flask route, same WSGI server (waitress), same client.
+
+    python bench/webhook.py [--requests N] [--clients C]
+
+The gateway side parses, validates, records the snapshot and history in SQLite (committed,
+synchronous=FULL) and answers 202. The bare side is a Flask app whose route reads the body
+and answers 202. Both run in their own process under waitress with the same thread count;
+the client is the same: C threads, each with one keep-alive connection. Writes requests/s and
+p50/p99 latency to BENCHMARKS.md ("webhook").
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = (ROOT / "samples" / "SubscriptionFeaturesChanged.xml").read_bytes()
+BARE_APP = """
+import sys
+from flask import Flask, request
+from waitress import serve
+app = Flask("bare")
+@app.post("/smile/messages")
+def smile():
+    request.get_data()
+    return ("{}", 202, {"Content-Type": "application/json"})
+serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]), _quiet=True)
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server on {port} did not start")
+
+
+def load(port: int, total: int, clients: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    per = total // clients
+    headers = {"Content-Type": "application/xml",
+               "X-Smile-Message-Type": "SubscriptionFeaturesChanged"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        for _ in range(per):
+            started = time.perf_counter()
+            conn.request("POST", "/smile/messages", body=BODY, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 202:
+                raise SystemExit(f"unexpected {response.status}")
+            mine.append(time.perf_counter() - started)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return per * clients / elapsed, latencies
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=4, help="waitress threads on both sides")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        gw_port, bare_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env.update({"GATEWAY_STORE__URL": f"sqlite:///{tmp}/bench.db",
+                    "GATEWAY_WEBHOOK__PORT": str(gw_port),
+                    "GATEWAY_WEBHOOK__THREADS": str(args.threads),
+                    "GATEWAY_LOGGING__LEVEL": "WARNING"})
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
+                                   env=env)
+        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port),
+                                 str(args.threads)])
+        try:
+            wait_up(gw_port)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # the bare app has no /healthz: any answer
+                try:
+                    http.client.HTTPConnection("127.0.0.1", bare_port, timeout=1).connect()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            load(gw_port, 300, args.clients)  # warm up both
+            load(bare_port, 300, args.clients)
+            results: dict[str, list[tuple[float, list[float]]]] = {"gateway": [], "bare": []}
+            for _ in range(args.runs):
+                results["gateway"].append(load(gw_port, args.requests, args.clients))
+                results["bare"].append(load(bare_port, args.requests, args.clients))
+        finally:
+            gateway.terminate()
+            bare.terminate()
+            gateway.wait(timeout=30)
+            bare.wait(timeout=30)
+    best = {k: max(v, key=lambda r: r[0]) for k, v in results.items()}
+    gw_rate, gw_lat = best["gateway"]
+    bare_rate, bare_lat = best["bare"]
+    body = f"""`bench/webhook.py --requests {args.requests} --clients {args.clients}`: POST of a
+1.9 KB SubscriptionFeaturesChanged document, waitress with {args.threads} threads on both
+sides, {args.clients} keep-alive client threads, best of {args.runs} interleaved runs after a
+warm-up. {machine()}.
+
+| server | requests/s | vs bare | p50 ms | p99 ms |
+|---|---|---|---|---|
+| gateway `POST /smile/messages` (parse, validate, translate, SQLite commit, 202) | {gw_rate:,.0f} | {gw_rate / bare_rate:.2f}x | {pct(gw_lat, 50):.2f} | {pct(gw_lat, 99):.2f} |
+| bare Flask route answering 202 | {bare_rate:,.0f} | 1.00x | {pct(bare_lat, 50):.2f} | {pct(bare_lat, 99):.2f} |
+
+Goal: at least half the bare route's throughput (now {gw_rate / bare_rate:.2f}x). Mean
+gateway latency {statistics.fmean(gw_lat) * 1000:.2f} ms.
+"""
+    write_section("webhook", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
