@@ -1,5 +1,6 @@
-# smile-gateway: `make run` runs the gateway on its embedded defaults, `make test` sets up
-# everything on a fresh machine and runs the checks. See README.md.
+# smile-gateway: `make run` runs the gateway on its embedded defaults (127.0.0.1:8080, SQLite,
+# emission off, no broker needed); `make test` sets up everything on a fresh machine (venv,
+# packages, Debian's activemq and libxml2-utils) and runs ruff, mypy and pytest. See README.md.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m gateway validate samples/
+	$(PY) -m gateway serve
 
 test: $(STAMP)
 	scripts/system-deps.sh
