@@ -472,27 +472,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an error that reaches the top means for the exit status (anything else: 1).
+_EXIT_FOR: dict[type[Exception], tuple[str, int]] = {
+    ConfigError: ("configuration error: ", EXIT_USAGE),
+    MappingError: ("", EXIT_USAGE),
+    _Unreadable: ("", EXIT_USAGE),
+    StoreError: ("store error: ", EXIT_INVALID),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Command = args.func
     try:
         return func(args)
-    except ConfigError as exc:
-        print(f"smile-gateway: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except MappingError as exc:
-        print(f"smile-gateway: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except _Unreadable as exc:
-        print(f"smile-gateway: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StoreError as exc:
-        print(f"smile-gateway: store error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except GatewayError as exc:
-        print(f"smile-gateway: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+    except (ConfigError, MappingError, StoreError, _Unreadable, GatewayError) as exc:
+        prefix, code = _EXIT_FOR.get(type(exc), ("", EXIT_INVALID))
+        print(f"smile-gateway: {prefix}{exc}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

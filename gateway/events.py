@@ -62,14 +62,19 @@ def _kind(value: Any) -> str:
                                                                         type(value).__name__)
 
 
+def _top_object(payload: Any) -> Mapping[str, Any]:
+    if not isinstance(payload, Mapping):
+        problem = f"expected a JSON object, found {_kind(payload)}"
+        raise DocumentInvalidError(f"invalid event: /: {problem}",
+                                   [Violation(0, 0, "/", problem)])
+    return payload
+
+
 def parse_order_event(payload: Any) -> StateChange:
     """`{"eventId","usn","vocabulary","state","subscription"?}`; DocumentInvalidError lists
     every problem with its JSON path."""
     p = _Problems()
-    if not isinstance(payload, Mapping):
-        p.add("/", f"expected a JSON object, found {_kind(payload)}")
-        p.raise_if_any()
-        raise AssertionError  # pragma: no cover
+    payload = _top_object(payload)
     event_id = p.string(payload, "eventId", "")
     usn = p.string(payload, "usn", "")
     vocabulary = p.string(payload, "vocabulary", "")
@@ -186,10 +191,7 @@ def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
     """A TMF622 ProductOrderStateChangeEvent: the order's state for the usn found at
     `usn_path` (dotted, default event.productOrder.externalId)."""
     p = _Problems()
-    if not isinstance(payload, Mapping):
-        p.add("/", f"expected a JSON object, found {_kind(payload)}")
-        p.raise_if_any()
-        raise AssertionError  # pragma: no cover
+    payload = _top_object(payload)
     event_id = p.string(payload, "eventId", "")
     order = payload.get("event", {}).get("productOrder") if isinstance(
         payload.get("event"), Mapping) else None

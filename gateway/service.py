@@ -46,7 +46,7 @@ from gateway.ports import (
     Store,
     SubscriptionRecord,
 )
-from gateway.translator import Translator, state_key
+from gateway.translator import Translator, feature_diff, state_key
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,6 @@ class StateChange:
     state: str
     subscription: SubscriptionFeaturesUpdate | None = None  # creates an unknown usn
     source: str = "order-system"
-
-
-def feature_diff(document: Document,
-                 before: frozenset[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """FeatureIds added and removed against the stored snapshot's."""
-    if not isinstance(document, SubscriptionFeaturesUpdate):
-        return (), ()
-    now = document.feature_ids()
-    return tuple(sorted(now - before)), tuple(sorted(before - now))
 
 
 class GatewayService:

@@ -192,14 +192,18 @@ class Translator:
             states: dict[str, str | None] = dict.fromkeys(self.mapping.vocabularies)
             return InboundTranslation(message_type, document, states, headers=given)
         states = self.mapping.inbound_states(sub.statuses)
-        added: tuple[int, ...] = ()
-        removed: tuple[int, ...] = ()
-        if isinstance(document, SubscriptionFeaturesUpdate):
-            now = document.feature_ids()
-            before = previous.feature_ids() if previous is not None else frozenset()
-            added = tuple(sorted(now - before))
-            removed = tuple(sorted(before - now))
+        before = previous.feature_ids() if previous is not None else frozenset()
+        added, removed = feature_diff(document, before)
         return InboundTranslation(message_type, document, states, added, removed, given)
+
+
+def feature_diff(document: Document,
+                 before: frozenset[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """FeatureIds added and removed against a snapshot's (Smile sends the whole set)."""
+    if not isinstance(document, SubscriptionFeaturesUpdate):
+        return (), ()
+    now = document.feature_ids()
+    return tuple(sorted(now - before)), tuple(sorted(before - now))
 
 
 def check_message(message_type: str, document: Document,
