@@ -116,11 +116,14 @@ def main() -> None:
     assert out == bare_render(snapshot, schema), "the two sides must render the same bytes"
     for fn in (gateway, bare):  # warm up
         rate(fn, 500)
-    gw = max(rate(gateway, args.count) for _ in range(args.runs))
-    bl = max(rate(bare, args.count) for _ in range(args.runs))
+    gw_runs, bare_runs = [], []
+    for _ in range(args.runs):  # interleaved, so that drift on a shared machine hits both
+        gw_runs.append(rate(gateway, args.count))
+        bare_runs.append(rate(bare, args.count))
+    gw, bl = max(gw_runs), max(bare_runs)
     body = f"""`bench/translate.py --count {args.count}`: one state change (subscription
 activating -> active, emitting SubscriptionActivated for the SubscriptionFeaturesChanged sample:
-2 features, 2 plans) rendered to validated bytes; best of {args.runs} runs; both sides produce
+2 features, 2 plans) rendered to validated bytes; best of {args.runs} interleaved runs; both sides produce
 the same bytes. {machine()}.
 
 | path | changes/s | cost vs bare lxml |

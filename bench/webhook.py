@@ -31,6 +31,8 @@ BARE_APP = """
 import sys
 from flask import Flask, request
 from waitress import serve
+import logging
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 app = Flask("bare")
 @app.post("/smile/messages")
 def smile():
@@ -101,8 +103,9 @@ def pct(values: list[float], p: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=4, help="waitress threads on both sides")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=8,
+                    help="waitress threads on both sides (8: webhook.threads' default)")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -291,3 +291,29 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
         wait_until(lambda: service.store.subscription("2142426762") is not None, 30,
                    what="the redelivered message to be stored")
     assert failures == []
+
+
+def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path) -> None:
+    topic = unique_queue("durable").replace("/queue/", "/topic/")
+    s = make_settings(settings, topic)
+    s = replace(s, inbound=replace(s.inbound, subscription_name=f"gw-{topic[-10:]}"))
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+
+    def handler(headers, body):
+        outcome = service.consume(headers, body)
+        outcomes.append(outcome)
+        return outcome
+
+    def consumer() -> StompConsumer:
+        return StompConsumer(s.broker, s.inbound, handler,
+                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+
+    with ConsumerThread(consumer()):  # registers the durable subscription
+        time.sleep(1.0)
+    # published while no consumer is connected: kept for the durable subscription
+    send(topic, (SAMPLES / "SubscriptionEnabled.xml").read_bytes(),
+         {"smileMessageType": "SubscriptionEnabled", "gateway-message-id": "durable-1"})
+    with ConsumerThread(consumer()):
+        wait_until(lambda: outcomes == ["accepted"], 20, what="the kept message")
+    assert service.store.subscription("2142426764") is not None

@@ -1,0 +1,73 @@
+"""`publish` and `outbox list|replay` through the command line, against the real broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.brokers import receive, require_broker, unique_queue
+from tests.conftest import INVALID, SAMPLES, run_cli
+
+
+def env_for(tmp_path: Path, queue: str) -> dict[str, str]:
+    return {"GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'g.db'}",
+            "GATEWAY_EMISSION__DESTINATION": queue,
+            "GATEWAY_BROKER__RECEIPT_TIMEOUT_S": "5"}
+
+
+def test_publish_waits_for_the_broker_and_the_outbox_shows_it(tmp_path: Path) -> None:
+    require_broker()
+    queue = unique_queue("cli-publish")
+    env = env_for(tmp_path, queue)
+    files = [str(SAMPLES / "SubscriptionReadyToProvision.xml"),
+             str(SAMPLES / "SubscriptionReadyToProvision.xml")]
+    done = run_cli(["publish", "--message-type", "SubscriptionReadyToProvision", *files],
+                   env=env)
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 confirmed by the broker" in done.stdout
+    frames = receive(queue, 2, timeout=20)
+    assert [f.headers["provisionRequestId"] for f in frames] == ["1", "2"]  # allocated, unique
+    listed = run_cli(["outbox", "list", "--format", "json"], env=env)
+    items = json.loads(listed.stdout)
+    assert [(i["status"], i["kind"]) for i in items] == [
+        ("sent", "SubscriptionReadyToProvision")] * 2
+
+
+def test_publish_refuses_an_invalid_file_and_sends_nothing(tmp_path: Path) -> None:
+    queue = unique_queue("cli-invalid")
+    env = env_for(tmp_path, queue)
+    done = run_cli(["publish", "--message-type", "SubscriptionEnabled",
+                    str(SAMPLES / "SubscriptionEnabled.xml"),
+                    str(INVALID / "sid-not-integer.xml")], env=env)
+    assert done.returncode == 1
+    assert "nothing published" in done.stderr and "SID" in done.stderr
+    listed = run_cli(["outbox", "list"], env=env)
+    assert "0 item(s)" in listed.stdout
+
+
+def test_publish_to_an_unreachable_broker_exits_1_and_keeps_the_message(tmp_path: Path) -> None:
+    env = {**env_for(tmp_path, "/queue/nowhere"), "GATEWAY_BROKER__PORT": "9",
+           "GATEWAY_BROKER__RECEIPT_TIMEOUT_S": "0.5", "GATEWAY_EMISSION__MAX_ATTEMPTS": "2",
+           "GATEWAY_BROKER__RECONNECT_MAX_S": "0.2"}
+    done = run_cli(["publish", "--message-type", "SubscriptionEnabled",
+                    str(SAMPLES / "SubscriptionEnabled.xml")], env=env, timeout=60)
+    assert done.returncode == 1
+    assert "NOT confirmed (pending" in done.stderr
+    pending = run_cli(["outbox", "list", "--status", "pending"], env=env)
+    assert "SubscriptionEnabled" in pending.stdout  # kept for the relay to send later
+
+
+def test_replay_requeues_dead_items(tmp_path: Path) -> None:
+    from adapters.sql_store import SqlStore
+    from gateway.ports import BROKER, DEAD, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    [item_id] = store.enqueue([NewOutboxItem(BROKER, "m-1", "u", "SubscriptionEnabled", {},
+                                             b"<x/>", DEAD)])
+    store.close()
+    assert "1 item(s)" in run_cli(["outbox", "list", "--status", "dead"], env=env).stdout
+    assert run_cli(["outbox", "replay"], env=env).returncode == 2
+    done = run_cli(["outbox", "replay", "--dead"], env=env)
+    assert done.returncode == 0 and "1 item(s) re-queued" in done.stdout
+    assert f"{item_id:>6}  broker   pending" in run_cli(["outbox", "list"], env=env).stdout
