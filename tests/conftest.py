@@ -9,9 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from adapters.smile_xml import SmileXmlCodec
 from gateway.config import Settings, load_settings
+
+# CI explores the same examples every run (a fixed seed, no example database), so that a red CI
+# is reproducible; locally each run explores new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 XSD = ROOT / "xsd" / "smile-2.xsd"
