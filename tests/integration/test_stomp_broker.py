@@ -192,6 +192,19 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     assert sorted(f.headers["usn"] for f in frames) == ["u1", "u2"]
 
 
+def recording_consumer(s: Settings, service: GatewayService,
+                       outcomes: list[str]) -> StompConsumer:
+    """A consumer over the real service that notes each delivery's outcome."""
+
+    def handler(headers, body):
+        outcome = service.consume(headers, body)
+        outcomes.append(outcome)
+        return outcome
+
+    return StompConsumer(s.broker, s.inbound, handler,
+                         lambda h, b, r: service.dead_letter("broker", r, h, b))
+
+
 class ConsumerThread:
     def __init__(self, consumer: StompConsumer) -> None:
         self.consumer = consumer
@@ -214,14 +227,7 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     s = make_settings(settings, queue)
     service = make_service(s, codec, tmp_path)
     outcomes: list[str] = []
-
-    def handler(headers, body):
-        outcome = service.consume(headers, body)
-        outcomes.append(outcome)
-        return outcome
-
-    consumer = StompConsumer(s.broker, s.inbound, handler,
-                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+    consumer = recording_consumer(s, service, outcomes)
     rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
     headers = {"smileMessageType": "SubscriptionReadyToProvision", "usn": "2142426762",
                "sid": "170", "provisionRequestId": "77", "gateway-message-id": "smile-1"}
@@ -300,14 +306,8 @@ def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path) -> None:
     service = make_service(s, codec, tmp_path)
     outcomes: list[str] = []
 
-    def handler(headers, body):
-        outcome = service.consume(headers, body)
-        outcomes.append(outcome)
-        return outcome
-
     def consumer() -> StompConsumer:
-        return StompConsumer(s.broker, s.inbound, handler,
-                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+        return recording_consumer(s, service, outcomes)
 
     with ConsumerThread(consumer()):  # registers the durable subscription
         time.sleep(1.0)
