@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -49,6 +49,14 @@ class _Problems:
             self.add(f"{path}/{key}", f"expected an integer, found {_kind(value)}")
             return None
         return value
+
+    def objects(self, items: list[Any], path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """(path, item) for each JSON object in `items`; anything else is a problem."""
+        for i, item in enumerate(items):
+            if isinstance(item, Mapping):
+                yield f"{path}/{i}", item
+            else:
+                self.add(f"{path}/{i}", f"expected an object, found {_kind(item)}")
 
     def raise_if_any(self) -> None:
         if self.found:
@@ -101,11 +109,7 @@ def _subscription(p: _Problems, raw: Any, usn: str) -> SubscriptionFeaturesUpdat
     if not isinstance(raw_plans, list) or not raw_plans:
         p.add(f"{path}/plans", "expected a non-empty array of {planCode, planScheduleType, start}")
     else:
-        for i, plan in enumerate(raw_plans):
-            ppath = f"{path}/plans/{i}"
-            if not isinstance(plan, Mapping):
-                p.add(ppath, f"expected an object, found {_kind(plan)}")
-                continue
+        for ppath, plan in p.objects(raw_plans, f"{path}/plans"):
             code = p.string(plan, "planCode", ppath)
             kind = p.integer(plan, "planScheduleType", ppath, default=1)
             start = None
@@ -136,11 +140,7 @@ def _properties(p: _Problems, raw: Any, path: str) -> tuple[Property, ...] | Non
         p.add(path, f"expected an array of {{type, name, value}}, found {_kind(raw)}")
         return None
     out = []
-    for i, item in enumerate(raw):
-        ipath = f"{path}/{i}"
-        if not isinstance(item, Mapping):
-            p.add(ipath, f"expected an object, found {_kind(item)}")
-            continue
+    for ipath, item in p.objects(raw, path):
         kind_text = p.string(item, "type", ipath)
         name = p.string(item, "name", ipath)
         if kind_text is None or name is None:
