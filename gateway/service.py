@@ -46,7 +46,7 @@ from gateway.ports import (
     Store,
     SubscriptionRecord,
 )
-from gateway.translator import Translator, feature_diff, state_key
+from gateway.translator import Translator, check_message, feature_diff, state_key
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class GatewayService:
                 if "commandID" in mtype.headers:
                     headers["command"] = "provision"
                     headers["commandID"] = str(ids.next_provision_request_id())
-                self.translator.from_smile(data, message_type, headers)  # body agrees
+                check_message(message_type, document, headers)  # body and headers agree
                 message_id = str(uuid.uuid4())
                 headers.update({"gateway-message-id": message_id, "correlation-id": correlation,
                                 ORIGIN_HEADER: self.settings.emission.origin})
