@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 XML_TYPES = ("application/xml", "text/xml")
 PROBLEM = "application/problem+json"
+_STARTED = "smile_gateway.started"  # the WSGI environ key of a request's start time
 
 
 class _Problem(Exception):
@@ -125,17 +126,31 @@ def create_app(service: GatewayService, settings: Settings,
                         ["route"], registry=registry)
     accepted = Counter("smile_gateway_documents_accepted", "Smile documents accepted",
                        ["source"], registry=registry)
+    accepted_webhook = accepted.labels("webhook")
     registry.register(_OutboxCollector(service.store))
 
-    @app.before_request
-    def _start() -> None:
-        g.started = time.perf_counter()
+    # Labelled children by (route, status): routes and statuses are few, and a labels() call
+    # costs more than the increment itself.
+    children: dict[tuple[str, int], tuple[Any, Any]] = {}
+    wsgi_app = app.wsgi_app
+
+    def timed(environ: dict[str, Any], start_response: Any) -> Any:
+        environ[_STARTED] = time.perf_counter()
+        return wsgi_app(environ, start_response)
+
+    app.wsgi_app = timed  # type: ignore[method-assign]
 
     @app.after_request
     def _count(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule is not None else "(none)"
-        requests_total.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        rule = request.url_rule
+        key = (rule.rule if rule is not None else "(none)", response.status_code)
+        pair = children.get(key)
+        if pair is None:
+            pair = children[key] = (requests_total.labels(key[0], str(key[1])),
+                                    latency.labels(key[0]))
+        pair[0].inc()
+        now = time.perf_counter()
+        pair[1].observe(now - request.environ.get(_STARTED, now))
         return response
 
     app.register_error_handler(Exception, _translate)
@@ -190,7 +205,7 @@ def create_app(service: GatewayService, settings: Settings,
         result = service.accept_smile_document(
             data, message_type, headers or None,
             f"webhook:{webhook_id}" if webhook_id else None, "webhook")
-        accepted.labels("webhook").inc()
+        accepted_webhook.inc()
         return Response(json.dumps(result), status=202, mimetype="application/json")
 
     @app.post("/orders/events")

@@ -101,8 +101,8 @@ class InboundRule:
     when: dict[str, str]
     states: dict[str, str | None]
 
-    def matches(self, statuses: Statuses) -> bool:
-        flags = statuses.as_dict()
+    def matches(self, flags: AnyMapping[str, str]) -> bool:
+        """`flags`: Statuses.as_dict()."""
         return all(flags[flag] == value for flag, value in self.when.items())
 
 
@@ -121,8 +121,9 @@ class StateMapping:
 
     def inbound_states(self, statuses: Statuses) -> dict[str, str | None]:
         """Smile flags -> {vocabulary: state or None (no change)}; first matching rule wins."""
+        flags = statuses.as_dict()
         for rule in self.inbound:
-            if rule.matches(statuses):
+            if rule.matches(flags):
                 return dict(rule.states)
         return dict.fromkeys(self.vocabularies)
 
