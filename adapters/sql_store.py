@@ -91,6 +91,11 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     );
     """,
+    # 2: the snapshot's FeatureIds beside it (a JSON array), so a diff needs no XML parse;
+    # NULL for rows written before: read from the snapshot then.
+    """
+    ALTER TABLE subscriptions ADD COLUMN feature_ids TEXT;
+    """,
 )
 
 _OUTBOX_COLUMNS = ("id, channel, message_id, usn, kind, headers, body, status, attempts, "
@@ -201,10 +206,9 @@ class SqlStore:
         """Run `fn` in a write transaction, committed before this returns.
 
         Group commit: writers queue their work; whoever holds the commit lock runs every
-        queued piece in one transaction, each inside its own SAVEPOINT (a piece that raises
-        is rolled back alone and its caller gets the exception), and commits once. With
-        synchronous=FULL the fsync is the cost of a commit, so concurrent requests share it.
-        Waiting on a Python lock also avoids SQLite's sleeping busy handler within a process.
+        queued piece in one transaction and commits once. With synchronous=FULL the fsync is
+        the cost of a commit, so concurrent requests share it. Waiting on a Python lock also
+        avoids SQLite's sleeping busy handler within a process.
         """
         job = _Job(fn)
         with self._queue_lock:
@@ -221,43 +225,59 @@ class SqlStore:
         return job.result  # type: ignore[no-any-return]
 
     def _commit(self, batch: list[_Job]) -> None:
+        """One transaction for the batch. A piece that raises before it wrote anything (the
+        usual failure: a refused transition) is left out and its caller gets the exception.
+        A piece that raises after writing cannot be undone alone: the transaction is rolled
+        back and the batch run again with a SAVEPOINT around each piece (the rare path, so
+        the common one pays for no savepoints)."""
+        if not self._run_batch(batch, savepoints=False):
+            self._run_batch(batch, savepoints=True)
+        for job in batch:
+            job.finish(job.error)
+
+    def _run_batch(self, batch: list[_Job], savepoints: bool) -> bool:
+        """False when the batch must be run again with savepoints (nothing was committed)."""
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for job in batch:
-                job.finish(error=StoreError(f"store unavailable: {exc}"))
-            return
-        alone = len(batch) == 1  # the common case when idle: no savepoint needed
+                job.error = StoreError(f"store unavailable: {exc}")
+            return True
         try:
             for job in batch:
-                if not alone:
+                job.result, job.error = None, None
+                if savepoints:
                     conn.execute("SAVEPOINT job")
+                changes = conn.total_changes
                 try:
                     job.result = job.fn(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK" if alone else "ROLLBACK TO job")
                     job.error = (StoreError(f"store write failed: {exc}")
                                  if isinstance(exc, sqlite3.Error) else exc)
-                    if alone:
-                        job.finish(job.error)
-                        return
-                if not alone:
+                    if savepoints:
+                        conn.execute("ROLLBACK TO job")
+                    elif conn.total_changes != changes and len(batch) > 1:
+                        conn.execute("ROLLBACK")
+                        return False
+                    elif conn.total_changes != changes:  # alone: undo it all
+                        conn.execute("ROLLBACK")
+                        return True
+                if savepoints:
                     conn.execute("RELEASE job")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             for job in batch:
-                job.finish(error=StoreError(f"commit failed: {exc}"))
-            return
+                job.result, job.error = None, StoreError(f"commit failed: {exc}")
         except BaseException:
-            conn.execute("ROLLBACK")
-            for job in batch:
-                job.finish(error=StoreError("commit interrupted"))
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for job in batch:  # finished here: their callers wait for them
+                job.finish(StoreError("commit interrupted"))
             raise
-        for job in batch:
-            job.finish()
+        return True
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -306,8 +326,10 @@ class SqlStore:
     def _record(row: sqlite3.Row | tuple[Any, ...] | None) -> SubscriptionRecord | None:
         if row is None:
             return None
-        usn, sid, snapshot, states, request = row
-        return SubscriptionRecord(usn, sid, bytes(snapshot), json.loads(states), request)
+        usn, sid, snapshot, states, request, feature_ids = row
+        return SubscriptionRecord(
+            usn, sid, bytes(snapshot), json.loads(states), request,
+            None if feature_ids is None else frozenset(json.loads(feature_ids)))
 
     def record(self, usn: str, dedupe_key: str | None,
                decide: Decide) -> tuple[dict[str, Any], bool]:
@@ -318,7 +340,7 @@ class SqlStore:
                 if seen is not None:
                     return json.loads(seen[0]), True
             current = self._record(conn.execute(
-                "SELECT usn, sid, snapshot, states, provision_request_id "
+                "SELECT usn, sid, snapshot, states, provision_request_id, feature_ids "
                 "FROM subscriptions WHERE usn = ?", (usn,)).fetchone())
             decision = decide(current, _TransactionIds(conn))
             now = self.clock()
@@ -326,13 +348,16 @@ class SqlStore:
             if new is not None:
                 conn.execute(
                     "INSERT INTO subscriptions (usn, sid, snapshot, states, "
-                    "provision_request_id, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                    "provision_request_id, feature_ids, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (usn) DO UPDATE SET sid = excluded.sid, "
                     "snapshot = excluded.snapshot, states = excluded.states, "
                     "provision_request_id = excluded.provision_request_id, "
-                    "updated_at = excluded.updated_at",
+                    "feature_ids = excluded.feature_ids, updated_at = excluded.updated_at",
                     (new.usn, new.sid, new.snapshot, json.dumps(new.states),
-                     new.provision_request_id, now))
+                     new.provision_request_id,
+                     None if new.feature_ids is None else json.dumps(sorted(new.feature_ids)),
+                     now))
             for entry in decision.history:
                 self._add_history(conn, usn, entry, now)
             self._insert_outbox(conn, decision.outbox, now)
@@ -354,8 +379,8 @@ class SqlStore:
 
     def subscription(self, usn: str) -> SubscriptionRecord | None:
         return self._read(lambda c: self._record(c.execute(
-            "SELECT usn, sid, snapshot, states, provision_request_id FROM subscriptions "
-            "WHERE usn = ?", (usn,)).fetchone()))
+            "SELECT usn, sid, snapshot, states, provision_request_id, feature_ids "
+            "FROM subscriptions WHERE usn = ?", (usn,)).fetchone()))
 
     def history(self, usn: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(lambda c: c.execute(

@@ -66,6 +66,9 @@ class SubscriptionRecord:
     snapshot: bytes  # the latest SubscriptionFeaturesUpdate document, as validated XML
     states: dict[str, str | None]
     provision_request_id: int | None = None
+    # The snapshot's FeatureIds, kept beside it so that a diff needs no parse; None when a
+    # store written before they were kept has not recorded them (read from the snapshot).
+    feature_ids: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,8 @@ class Store(Protocol):
     `record` runs `decide` inside one write transaction: the stored record is read, the
     decision written (record, outbox rows, history, the dedupe key with its response), and
     committed before it returns. A dedupe key seen before returns the first response.
+    `decide` may be called more than once for one record (a store may retry its
+    transaction), so it must not keep anything from an earlier call.
     """
 
     def record(self, usn: str, dedupe_key: str | None,

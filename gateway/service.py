@@ -95,6 +95,11 @@ class GatewayService:
                                        "subscription document")
         return document
 
+    def _feature_ids(self, record: SubscriptionRecord) -> frozenset[int]:
+        if record.feature_ids is not None:
+            return record.feature_ids
+        return self.codec.feature_ids(record.snapshot)
+
     def _states(self, record: SubscriptionRecord | None) -> dict[str, str | None]:
         base: dict[str, str | None] = dict.fromkeys(self.settings.mapping.vocabularies)
         if record is not None:
@@ -116,6 +121,7 @@ class GatewayService:
         written: list[NewOutboxItem] = []
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+            written.clear()  # a retried transaction decides again
             if record is None:
                 if change.subscription is None:
                     raise UnknownSubscriptionError(change.usn)
@@ -151,7 +157,7 @@ class GatewayService:
             states[vocabulary.name] = state
             body = self.codec.encode(snapshot.with_statuses(result.statuses))
             new = SubscriptionRecord(change.usn, snapshot.subscription.sid, body, states,
-                                     result.provision_request_id)
+                                     result.provision_request_id, snapshot.feature_ids())
             history = HistoryEntry(change.source, change.event_id, vocabulary.name, current,
                                    state, {"messages": messages})
             return Decision(new, tuple(written), (history,), response)
@@ -183,11 +189,11 @@ class GatewayService:
         written: list[NewOutboxItem] = []
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+            written.clear()  # a retried transaction decides again
             previous = None
             if record is not None and not isinstance(document, SubscriptionFeaturesUpdate):
                 previous = self._snapshot(record)  # merged below: needs the whole document
-            before = (self.codec.feature_ids(record.snapshot) if record is not None
-                      else frozenset())
+            before = frozenset() if record is None else self._feature_ids(record)
             added, removed = feature_diff(document, before)
             result = replace(translation, features_added=added, features_removed=removed)
             response = result.as_dict()
@@ -195,12 +201,13 @@ class GatewayService:
             new = None
             if sub is not None:
                 states = self._states(record)
+                flags = sub.statuses.as_dict()
                 for vocabulary, state in result.states.items():
                     if state is not None and states.get(vocabulary) != state:
                         history.append(HistoryEntry(
                             source, dedupe_key, vocabulary, states.get(vocabulary), state,
                             {"smileMessageType": result.smile_message_type,
-                             "statuses": sub.statuses.as_dict()}))
+                             "statuses": flags}))
                         states[vocabulary] = state
                 if added or removed:
                     history.append(HistoryEntry(source, dedupe_key, None, None, None, {
@@ -209,15 +216,18 @@ class GatewayService:
                 if not history:
                     history.append(HistoryEntry(source, dedupe_key, None, None, None, {
                         "smileMessageType": result.smile_message_type,
-                        "statuses": sub.statuses.as_dict()}))
+                        "statuses": flags}))
                 snapshot = self._new_snapshot(document, previous, data)
+                kept = previous if previous is not None else document
+                feature_ids = (kept.feature_ids() if isinstance(kept, SubscriptionFeaturesUpdate)
+                               else frozenset())
                 request = record.provision_request_id if record is not None else None
                 mtype = result.smile_message_type
                 if mtype == "SubscriptionReadyToProvision" and given.get("provisionRequestId"):
                     request = int(given["provisionRequestId"])
                 elif mtype in ("SubscriptionProvisioned", "SubscriptionClosed"):
                     request = None
-                new = SubscriptionRecord(sub.usn, sub.sid, snapshot, states, request)
+                new = SubscriptionRecord(sub.usn, sub.sid, snapshot, states, request, feature_ids)
             elif isinstance(document, SubscriptionProvisionResponse):
                 history.append(HistoryEntry(source, dedupe_key, None, None, None, {
                     "smileMessageType": "SubscriptionProvisionResponse",

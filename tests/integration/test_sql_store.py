@@ -1,0 +1,180 @@
+"""SqlStore on real SQLite files: migrations, and what a record keeps beside its snapshot."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from adapters.sql_store import MIGRATIONS, SqlStore
+from gateway.errors import StoreError, TransitionError
+from gateway.ports import (
+    BROKER,
+    Decide,
+    Decision,
+    InMemoryRequestIds,
+    NewOutboxItem,
+    SubscriptionRecord,
+)
+from gateway.service import GatewayService
+from gateway.translator import Translator
+from tests.brokers import wait_until
+from tests.conftest import SAMPLES
+
+CHANGED = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+USN = "2142426763"
+
+
+def service_on(store: SqlStore, settings, codec) -> GatewayService:
+    return GatewayService(settings, codec, store,
+                          Translator(settings.mapping, codec, InMemoryRequestIds()))
+
+
+def version_one_store(path: Path) -> None:
+    """A store as the first release wrote it, holding one subscription."""
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("CREATE TABLE schema_version (version INTEGER)")
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    conn.execute("INSERT INTO subscriptions (usn, sid, snapshot, states, updated_at) "
+                 "VALUES (?, 173, ?, '{}', 0)", (USN, CHANGED))
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_one_store_is_migrated_and_its_snapshots_still_diff(tmp_path, settings,
+                                                                     codec) -> None:
+    path = tmp_path / "old.db"
+    version_one_store(path)
+    store = SqlStore(f"sqlite:///{path}")
+    record = store.subscription(USN)
+    assert record is not None and record.feature_ids is None  # not recorded by version 1
+    fewer = CHANGED.replace(b"<FeatureId>5003</FeatureId>", b"<FeatureId>5004</FeatureId>")
+    result = service_on(store, settings, codec).accept_smile_document(fewer)
+    assert (result["features_added"], result["features_removed"]) == ([5004], [5003])
+    assert store.subscription(USN).feature_ids == frozenset({5001, 5004})
+    version = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchone()
+    assert version == (len(MIGRATIONS),)
+
+
+def test_feature_ids_are_kept_beside_each_snapshot(tmp_path, settings, codec) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    service = service_on(store, settings, codec)
+    service.accept_smile_document(CHANGED)
+    assert store.subscription(USN).feature_ids == frozenset({5001, 5003})
+    closed = ((SAMPLES / "SubscriptionClosed.xml").read_bytes()
+              .replace(b"2142426768", USN.encode()).replace(b"<SID>178", b"<SID>173"))
+    service.accept_smile_document(closed)  # a Subscription-only body keeps the features
+    record = store.subscription(USN)
+    assert b"Home broadband" in record.snapshot  # the closed subscription, merged
+    assert record.feature_ids == frozenset({5001, 5003})
+    assert codec.feature_ids(record.snapshot) == record.feature_ids
+
+
+def test_a_store_newer_than_the_gateway_is_refused(tmp_path) -> None:
+    path = tmp_path / "new.db"
+    SqlStore(f"sqlite:///{path}").close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this gateway"):
+        SqlStore(f"sqlite:///{path}")
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+def decision(usn: str, message_id: str | None = None) -> Decision:
+    outbox = (() if message_id is None else
+              (NewOutboxItem(BROKER, message_id, usn, "SubscriptionUpdated", {}, b"<x/>"),))
+    return Decision(SubscriptionRecord(usn, 1, b"<x/>", {}), outbox, (), {"usn": usn})
+
+
+def batch_behind_a_held_commit(store: SqlStore,
+                               decides: dict[str, Decide]) -> dict[str, object]:
+    """Runs `decides` concurrently while a first writer holds the commit lock, so that they
+    are committed as one batch; returns each one's response or exception."""
+    gate = threading.Event()
+
+    def held(record, ids) -> Decision:
+        gate.wait(10)
+        return decision("first")
+
+    outcomes: dict[str, object] = {}
+
+    def write(usn: str, decide: Decide) -> None:
+        try:
+            outcomes[usn] = store.record(usn, None, decide)[0]
+        except Exception as exc:  # handed back to the test
+            outcomes[usn] = exc
+
+    first = threading.Thread(target=write, args=("first", held))
+    first.start()
+    wait_until(lambda: not store._queue, 5, 0.01, "the first writer to take the lock")
+    others = [threading.Thread(target=write, args=item) for item in decides.items()]
+    for thread in others:
+        thread.start()
+    wait_until(lambda: len(store._queue) == len(decides), 5, 0.01, "the batch to queue")
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert outcomes.pop("first") == {"usn": "first"}
+    return outcomes
+
+
+def test_concurrent_writers_share_one_commit(tmp_path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    usns = [f"u{n}" for n in range(6)]
+    outcomes = batch_behind_a_held_commit(
+        store, {u: (lambda record, ids, u=u: decision(u, f"m-{u}")) for u in usns})
+    assert outcomes == {u: {"usn": u} for u in usns}
+    assert all(store.subscription(u) is not None for u in usns)
+    assert store.counts() == {(BROKER, "pending"): len(usns)}
+
+
+def test_a_piece_refused_before_writing_leaves_the_batch_alone(tmp_path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+
+    def refused(record, ids) -> Decision:
+        raise TransitionError("order", "Completed", "Pending")
+
+    outcomes = batch_behind_a_held_commit(store, {
+        "a": lambda record, ids: decision("a"), "b": refused,
+        "c": lambda record, ids: decision("c")})
+    assert isinstance(outcomes.pop("b"), TransitionError)
+    assert outcomes == {"a": {"usn": "a"}, "c": {"usn": "c"}}
+    assert store.subscription("b") is None and store.subscription("c") is not None
+
+
+def test_a_piece_failing_after_writing_is_undone_alone(tmp_path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    store.enqueue([NewOutboxItem(BROKER, "taken", "x", "SubscriptionUpdated", {}, b"<x/>")])
+    calls: list[str] = []
+
+    def counted(usn: str, message_id: str) -> Decide:
+        def decide(record, ids) -> Decision:
+            calls.append(usn)
+            return decision(usn, message_id)
+        return decide
+
+    # "b" writes its subscription, then its outbox row collides with a taken message id
+    outcomes = batch_behind_a_held_commit(store, {
+        "a": counted("a", "m-a"), "b": counted("b", "taken"), "c": counted("c", "m-c")})
+    assert isinstance(outcomes.pop("b"), StoreError)
+    assert outcomes == {"a": {"usn": "a"}, "c": {"usn": "c"}}
+    assert store.subscription("b") is None  # its first write was undone with it
+    assert store.subscription("a") is not None and store.subscription("c") is not None
+    assert store.counts() == {(BROKER, "pending"): 3}  # taken, m-a, m-c
+    assert calls.count("b") == 2  # the batch was run again, with savepoints
+
+
+def test_a_lone_piece_failing_after_writing_leaves_nothing(tmp_path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    store.enqueue([NewOutboxItem(BROKER, "taken", "x", "SubscriptionUpdated", {}, b"<x/>")])
+    with pytest.raises(StoreError, match="UNIQUE"):
+        store.record("b", None, lambda record, ids: decision("b", "taken"))
+    assert store.subscription("b") is None
+    store.record("b", None, lambda record, ids: decision("b", "free"))  # and the store works on
+    assert store.subscription("b") is not None
