@@ -41,12 +41,13 @@ pytest: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	scripts/system-deps.sh
+	scripts/system-deps.sh bench
 	$(PY) bench/validate.py
 	$(PY) bench/translate.py
 	scripts/activemq.sh start
 	$(PY) bench/publish.py
 	$(PY) bench/webhook.py
+	$(PY) bench/webhook_cost.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks need, when they are missing:
-# libxml2-utils (xmllint, the reference validator) and activemq (the test broker).
+# libxml2-utils (xmllint, the reference validator) and activemq (the test broker); with
+# `bench`, also valgrind (bench/webhook_cost.py counts instructions with callgrind).
 set -euo pipefail
 
 want=()
 command -v xmllint >/dev/null 2>&1 || want+=(libxml2-utils)
 [ -f /usr/share/activemq/bin/activemq.jar ] || want+=(activemq)
 command -v java >/dev/null 2>&1 || want+=(default-jre-headless)
+if [ "${1:-}" = bench ]; then
+  command -v valgrind >/dev/null 2>&1 || want+=(valgrind)
+fi
 [ ${#want[@]} -eq 0 ] && exit 0
 
 sudo=""
