@@ -1,4 +1,6 @@
-"""Helpers for tests against the project's real ActiveMQ (scripts/activemq.sh)."""
+"""Helpers for tests against real brokers: the project's ActiveMQ (scripts/activemq.sh) and,
+for the compatibility tests, the machine's RabbitMQ with its STOMP plugin
+(scripts/rabbitmq-stomp.sh)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,26 @@ SCRIPT = ROOT / "scripts" / "activemq.sh"
 HOST = "127.0.0.1"
 STOMP_PORT = int(os.environ.get("STOMP_PORT", "61613"))
 OPENWIRE_PORT = int(os.environ.get("OPENWIRE_PORT", "61616"))
+RABBIT_STOMP_PORT = int(os.environ.get("RABBIT_STOMP_PORT", "61623"))
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A STOMP broker the tests reach: where, how to log in, and the command that starts it."""
+
+    name: str
+    port: int
+    user: str
+    password: str
+    fix: str
+
+    def __str__(self) -> str:  # the test id
+        return self.name
+
+
+ACTIVEMQ = Broker("activemq", STOMP_PORT, "test", "test", "make broker")
+RABBITMQ = Broker("rabbitmq", RABBIT_STOMP_PORT, "guest", "guest",
+                  "scripts/rabbitmq-stomp.sh start")
 
 
 def port_open(port: int, host: str = HOST) -> bool:
@@ -31,12 +53,12 @@ def port_open(port: int, host: str = HOST) -> bool:
         return False
 
 
-def require_broker(port: int = STOMP_PORT) -> None:
+def require_broker(broker: Broker = ACTIVEMQ) -> None:
     """A missing broker fails the run under CI=true; elsewhere it skips with the fix."""
-    if port_open(port):
+    if port_open(broker.port):
         return
-    message = (f"no STOMP broker on {HOST}:{port}: run `make broker` (or `make test`, which "
-               "starts one)")
+    message = (f"no STOMP broker ({broker.name}) on {HOST}:{broker.port}: run `{broker.fix}` "
+               "(or `make test`, which starts it)")
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -62,21 +84,22 @@ class _Collector(stomp.ConnectionListener):  # type: ignore[misc]
             self.received.cond.notify_all()
 
 
-def connect(port: int = STOMP_PORT) -> stomp.Connection12:
-    conn = stomp.Connection12([(HOST, port)], vhost="/", auto_decode=False,
+def connect(broker: Broker = ACTIVEMQ) -> stomp.Connection12:
+    conn = stomp.Connection12([(HOST, broker.port)], vhost="/", auto_decode=False,
                               auto_content_length=False, heartbeats=(0, 0))
-    conn.connect("test", "test", wait=True)
+    conn.connect(broker.user, broker.password, wait=True)
     return conn
 
 
 def receive(destination: str, count: int, timeout: float = 30.0, idle: float | None = None,
-            port: int = STOMP_PORT) -> list[Any]:
+            broker: Broker = ACTIVEMQ) -> list[Any]:
     """Frames from `destination` until `count` arrived, the timeout passed, or (with idle)
     nothing came for that long; auto-acknowledged."""
     received = Received()
-    conn = stomp.Connection12([(HOST, port)], vhost="/", auto_decode=False, heartbeats=(0, 0))
+    conn = stomp.Connection12([(HOST, broker.port)], vhost="/", auto_decode=False,
+                              heartbeats=(0, 0))
     conn.set_listener("collector", _Collector(received))
-    conn.connect("test", "test", wait=True)
+    conn.connect(broker.user, broker.password, wait=True)
     conn.subscribe(destination, id="t", ack="auto")
     deadline = time.monotonic() + timeout
     last = time.monotonic()
@@ -97,8 +120,9 @@ def receive(destination: str, count: int, timeout: float = 30.0, idle: float | N
     return list(received.frames)
 
 
-def send(destination: str, body: bytes, headers: dict[str, str], port: int = STOMP_PORT) -> None:
-    conn = connect(port)
+def send(destination: str, body: bytes, headers: dict[str, str],
+         broker: Broker = ACTIVEMQ) -> None:
+    conn = connect(broker)
     try:
         conn.send(destination, body, headers={**headers, "persistent": "true"},
                   receipt=str(uuid.uuid4()))

@@ -21,6 +21,7 @@ from gateway.relay import BrokerRelay
 from gateway.service import GatewayService
 from gateway.translator import Translator
 from tests.brokers import (
+    ACTIVEMQ,
     BrokerInstance,
     port_open,
     receive,
@@ -88,7 +89,7 @@ def test_a_broker_killed_mid_publish_loses_nothing(settings: Settings, codec, tm
         relay.wake.set()
         thread.join(timeout=30)
     assert killed_at < COUNT, "the kill came too late to test anything"
-    frames = receive(queue, COUNT + 1000, timeout=60, idle=3.0, port=CRASH_STOMP)
+    frames = receive(queue, COUNT + 1000, timeout=60, idle=3.0, broker=replace(ACTIVEMQ, port=CRASH_STOMP))
     got = [f.headers["gateway-message-id"] for f in frames]
     assert set(got) == ids  # every message arrived
     assert len(got) - len(set(got)) <= s.broker.max_in_flight  # resends bounded by one window

@@ -1,4 +1,8 @@
-"""The relay, publisher and consumer against a real ActiveMQ on loopback."""
+"""The relay, publisher and consumer against real brokers on loopback.
+
+Tests that take the `broker` fixture run on ActiveMQ (the project's broker) and on RabbitMQ
+with its STOMP plugin (the design says the gateway works on both); the others use what only
+ActiveMQ has (JMS clients, its own refusals)."""
 
 from __future__ import annotations
 
@@ -21,8 +25,10 @@ from gateway.relay import BrokerRelay
 from gateway.service import GatewayService, StateChange
 from gateway.translator import Translator
 from tests.brokers import (
+    ACTIVEMQ,
     OPENWIRE_PORT,
-    STOMP_PORT,
+    RABBITMQ,
+    Broker,
     receive,
     require_broker,
     send,
@@ -34,14 +40,22 @@ from tests.conftest import INVALID, SAMPLES
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture(autouse=True)
-def _broker() -> None:
-    require_broker()
+@pytest.fixture(params=[ACTIVEMQ, RABBITMQ], ids=str)
+def broker(request: pytest.FixtureRequest) -> Broker:
+    require_broker(request.param)
+    return request.param  # type: ignore[no-any-return]
 
 
-def make_settings(settings: Settings, queue: str, port: int = STOMP_PORT, **emission) -> Settings:
+@pytest.fixture()
+def activemq() -> Broker:
+    require_broker(ACTIVEMQ)
+    return ACTIVEMQ
+
+
+def make_settings(settings: Settings, queue: str, broker: Broker, **emission) -> Settings:
     return replace(settings,
-                   broker=replace(settings.broker, port=port, receipt_timeout_s=5.0,
+                   broker=replace(settings.broker, port=broker.port, user=broker.user,
+                                  password=broker.password, receipt_timeout_s=5.0,
                                   reconnect_initial_s=0.2, reconnect_max_s=1.0,
                                   heartbeat_ms=2000),
                    emission=replace(settings.emission, enabled=True, destination=queue,
@@ -66,9 +80,9 @@ def seed(service: GatewayService, usn_suffix: str = "") -> str:
     return str(result["usn"])
 
 
-def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp_path) -> None:
+def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("roundtrip")
-    s = make_settings(settings, queue)
+    s = make_settings(settings, queue, broker)
     service = make_service(s, codec, tmp_path)
     usn = seed(service)  # order acknowledged, request 4242 open from Smile
     service.apply_state_change(StateChange("evt-41", usn, "order", "inProgress"))
@@ -77,7 +91,7 @@ def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     assert relay.drain(time.time() + 30) == 3
     relay.publisher.close()
-    frames = receive(queue, 3, timeout=20)
+    frames = receive(queue, 3, timeout=20, broker=broker)
     assert len(frames) == 3
     progress, first, second = frames
     assert progress.headers["smileMessageType"] == "SubscriptionProvisionResponse"
@@ -89,7 +103,8 @@ def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp
     assert h["gateway-message-id"] == response["messages"][0]["id"]
     assert h["persistent"] == "true"
     assert h["gateway-origin"] == "smile-gateway"
-    assert "content-length" not in h  # a JMS TextMessage: ActiveMQ adds none
+    if broker is ACTIVEMQ:  # a JMS TextMessage: ActiveMQ adds none (RabbitMQ always does)
+        assert "content-length" not in h
     assert b"<ProvisionStatus>Provisioned</ProvisionStatus>" in first.body
     assert codec.check(first.body) == []
     assert second.headers["smileMessageType"] == "SubscriptionProvisionResponse"
@@ -99,8 +114,8 @@ def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp
     assert statuses == {SENT}
 
 
-def test_a_jms_listener_gets_text_messages_with_string_properties(settings, codec,
-                                                                  tmp_path) -> None:
+def test_a_jms_listener_gets_text_messages_with_string_properties(settings, codec, tmp_path,
+                                                                  activemq) -> None:
     javac, java = shutil.which("javac"), shutil.which("java")
     if not javac or not java:
         pytest.fail("javac and java are needed for the JMS listener (the JDK is on the machine)")
@@ -110,7 +125,7 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
     probe = Path(__file__).resolve().parent.parent / "jms" / "JmsProbe.java"
     subprocess.run([javac, "-cp", cp, "-d", str(classes), str(probe)], check=True, timeout=120)
     queue = unique_queue("jms")
-    s = make_settings(settings, queue)
+    s = make_settings(settings, queue, activemq)
     service = make_service(s, codec, tmp_path)
     usn = seed(service)
     service.apply_state_change(StateChange("evt-jms", usn, "subscription", "activating"))
@@ -133,9 +148,9 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
     assert lines[0]["properties"]["smileMessageType"][1] == "SubscriptionProvisioned"
 
 
-def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path) -> None:
+def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("order")
-    s = make_settings(settings, queue, max_attempts=3)
+    s = make_settings(settings, queue, broker, max_attempts=3)
     s = replace(s, broker=replace(s.broker, max_in_flight=64))
     service = make_service(s, codec, tmp_path)
     usns = [seed(service, str(i)) for i in range(3)]
@@ -150,7 +165,7 @@ def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path) -> N
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     assert relay.drain(time.time() + 60) == 180
     relay.publisher.close()
-    frames = receive(queue, 180, timeout=30)
+    frames = receive(queue, 180, timeout=30, broker=broker)
     got = defaultdict(list)
     for f in frames:
         got[f.headers["usn"]].append(f.headers["gateway-message-id"])
@@ -158,9 +173,9 @@ def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path) -> N
 
 
 def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
-        settings, codec, tmp_path) -> None:
+        settings, codec, tmp_path, activemq) -> None:
     queue = unique_queue("refused")
-    s = make_settings(settings, queue, max_attempts=2)
+    s = make_settings(settings, queue, activemq, max_attempts=2)
     service = make_service(s, codec, tmp_path)
     body = (SAMPLES / "SubscriptionEnabled.xml").read_bytes()
     # ActiveMQ drops the connection on a SEND whose `expires` is not a number
@@ -222,9 +237,9 @@ class ConsumerThread:
 
 
 def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
-        settings, codec, tmp_path) -> None:
+        settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("consume")
-    s = make_settings(settings, queue)
+    s = make_settings(settings, queue, broker)
     service = make_service(s, codec, tmp_path)
     outcomes: list[str] = []
     consumer = recording_consumer(s, service, outcomes)
@@ -232,15 +247,16 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     headers = {"smileMessageType": "SubscriptionReadyToProvision", "usn": "2142426762",
                "sid": "170", "provisionRequestId": "77", "gateway-message-id": "smile-1"}
     with ConsumerThread(consumer):
-        send(queue, rtp, headers)
-        send(queue, rtp, headers)  # the same message again: a duplicate
+        send(queue, rtp, headers, broker=broker)
+        send(queue, rtp, headers, broker=broker)  # the same message again: a duplicate
         send(queue, rtp, {**headers, "gateway-message-id": "own-1",
-                          "gateway-origin": "smile-gateway"})
+                          "gateway-origin": "smile-gateway"}, broker=broker)
         send(queue, (INVALID / "sid-not-integer.xml").read_bytes(),
-             {"smileMessageType": "SubscriptionReadyToProvision", "gateway-message-id": "bad-1"})
+             {"smileMessageType": "SubscriptionReadyToProvision", "gateway-message-id": "bad-1"},
+             broker=broker)
         send(queue, (SAMPLES / "SubscriptionProvisioned.xml").read_bytes(),
              {"smileMessageType": "SubscriptionProvisioned", "usn": "058554", "sid": "171",
-              "provisionRequestId": "78", "gateway-message-id": "smile-2"})
+              "provisionRequestId": "78", "gateway-message-id": "smile-2"}, broker=broker)
         wait_until(lambda: len(outcomes) == 5, 20, what="five deliveries")
     assert outcomes == ["accepted", "duplicate", "own", "dead-letter", "accepted"]
     record = service.store.subscription("2142426762")
@@ -249,12 +265,12 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     [dead] = service.store.dead_letters()
     assert "SID" in dead["reason"] and dead["headers"]["gateway-message-id"] == "bad-1"
     # everything was acknowledged: nothing is delivered again
-    assert receive(queue, 1, timeout=2) == []
+    assert receive(queue, 1, timeout=2, broker=broker) == []
 
 
-def test_a_poison_message_does_not_loop(settings, codec, tmp_path) -> None:
+def test_a_poison_message_does_not_loop(settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("poison")
-    s = make_settings(settings, queue)
+    s = make_settings(settings, queue, broker)
     service = make_service(s, codec, tmp_path)
     calls: list[str] = []
 
@@ -265,20 +281,20 @@ def test_a_poison_message_does_not_loop(settings, codec, tmp_path) -> None:
     consumer = StompConsumer(s.broker, s.inbound, broken_handler,
                              lambda h, b, r: service.dead_letter("broker", r, h, b))
     with ConsumerThread(consumer):
-        send(queue, b"<whatever/>", {"gateway-message-id": "poison-2"})
+        send(queue, b"<whatever/>", {"gateway-message-id": "poison-2"}, broker=broker)
         wait_until(lambda: calls, 20, what="the delivery")
         time.sleep(1.5)
     assert calls == ["poison-2"]
     [dead] = service.store.dead_letters()
     assert "a bug in the handler" in dead["reason"]
-    assert receive(queue, 1, timeout=2) == []
+    assert receive(queue, 1, timeout=2, broker=broker) == []
 
 
-def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_path) -> None:
+def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_path, broker) -> None:
     from gateway.errors import StoreError
 
     queue = unique_queue("storefail")
-    s = make_settings(settings, queue)
+    s = make_settings(settings, queue, broker)
     service = make_service(s, codec, tmp_path)
     failures = [1]
 
@@ -293,15 +309,16 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
     rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
     with ConsumerThread(consumer):
         send(queue, rtp, {"smileMessageType": "SubscriptionReadyToProvision",
-                          "provisionRequestId": "5", "gateway-message-id": "retry-1"})
+                          "provisionRequestId": "5", "gateway-message-id": "retry-1"},
+             broker=broker)
         wait_until(lambda: service.store.subscription("2142426762") is not None, 30,
                    what="the redelivered message to be stored")
     assert failures == []
 
 
-def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path) -> None:
+def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path, broker) -> None:
     topic = unique_queue("durable").replace("/queue/", "/topic/")
-    s = make_settings(settings, topic)
+    s = make_settings(settings, topic, broker)
     s = replace(s, inbound=replace(s.inbound, subscription_name=f"gw-{topic[-10:]}"))
     service = make_service(s, codec, tmp_path)
     outcomes: list[str] = []
@@ -313,7 +330,8 @@ def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path) -> None:
         time.sleep(1.0)
     # published while no consumer is connected: kept for the durable subscription
     send(topic, (SAMPLES / "SubscriptionEnabled.xml").read_bytes(),
-         {"smileMessageType": "SubscriptionEnabled", "gateway-message-id": "durable-1"})
+         {"smileMessageType": "SubscriptionEnabled", "gateway-message-id": "durable-1"},
+         broker=broker)
     with ConsumerThread(consumer()):
         wait_until(lambda: outcomes == ["accepted"], 20, what="the kept message")
     assert service.store.subscription("2142426764") is not None
