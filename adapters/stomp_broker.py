@@ -273,6 +273,7 @@ class StompConsumer:
             sub_headers["activemq.subscriptionName"] = self.inbound.subscription_name
             sub_headers["durable"] = "true"  # RabbitMQ's spelling
             sub_headers["auto-delete"] = "false"
+            sub_headers["x-queue-name"] = self.inbound.subscription_name  # RabbitMQ's queue
         self._lost_event.clear()
         self._conn = conn
         conn.subscribe(self.inbound.destination, id="inbound", ack="client-individual",

@@ -6,7 +6,8 @@
 #
 # The plugin's application is started on the running node, not enabled: nothing is written to
 # RabbitMQ's configuration, so a restarted RabbitMQ comes back as it was (a persistently
-# enabled plugin would then listen on 61613, ActiveMQ's port).
+# enabled plugin would then listen on 61613, ActiveMQ's port). `stop` also deletes the queues
+# the tests made (their names start with "test.").
 #
 #   scripts/rabbitmq-stomp.sh start|stop|status
 set -euo pipefail
@@ -43,6 +44,9 @@ case "${1:-}" in
   stop)
     if listening; then
       need
+      # the tests' destinations (all named test.*) are durable queues on RabbitMQ: remove them
+      rabbitmqctl -q list_queues --no-table-headers name | { grep '^test\.' || true; } |
+        while read -r queue; do rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null; done
       rabbitmqctl -q eval "application:stop(rabbitmq_stomp)." >/dev/null
       echo "rabbitmq-stomp: stopped"
     fi

@@ -319,7 +319,7 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
 def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path, broker) -> None:
     topic = unique_queue("durable").replace("/queue/", "/topic/")
     s = make_settings(settings, topic, broker)
-    s = replace(s, inbound=replace(s.inbound, subscription_name=f"gw-{topic[-10:]}"))
+    s = replace(s, inbound=replace(s.inbound, subscription_name=f"test.gw-{topic[-10:]}"))
     service = make_service(s, codec, tmp_path)
     outcomes: list[str] = []
 
