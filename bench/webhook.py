@@ -50,6 +50,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gateway_env(db: Path, port: int, threads: int) -> dict[str, str]:
+    """The environment of a benchmarked `serve`: its own store, port and thread count."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_STORE__URL": f"sqlite:///{db}",
+                "GATEWAY_WEBHOOK__PORT": str(port),
+                "GATEWAY_WEBHOOK__THREADS": str(threads),
+                "GATEWAY_LOGGING__LEVEL": "WARNING"})
+    return env
+
+
 def wait_up(port: int) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -110,11 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         gw_port, bare_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env.update({"GATEWAY_STORE__URL": f"sqlite:///{tmp}/bench.db",
-                    "GATEWAY_WEBHOOK__PORT": str(gw_port),
-                    "GATEWAY_WEBHOOK__THREADS": str(args.threads),
-                    "GATEWAY_LOGGING__LEVEL": "WARNING"})
+        env = gateway_env(Path(tmp) / "bench.db", gw_port, args.threads)
         gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
                                    env=env)
         bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port),

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section
-from webhook import BARE_APP, BODY, free_port
+from webhook import BARE_APP, BODY, free_port, gateway_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WARM = 50
@@ -85,11 +85,7 @@ def measure(which: str, requests: int, folder: Path) -> dict[str, float]:
     port = free_port()
     out = folder / f"{which}.out"
     if which == "gateway":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env.update({"GATEWAY_STORE__URL": f"sqlite:///{folder}/cost.db",
-                    "GATEWAY_WEBHOOK__PORT": str(port),
-                    "GATEWAY_WEBHOOK__THREADS": str(THREADS),
-                    "GATEWAY_LOGGING__LEVEL": "WARNING"})
+        env = gateway_env(folder / "cost.db", port, THREADS)
         command = [sys.executable, "-m", "gateway", "serve"]
     else:
         env = dict(os.environ)
