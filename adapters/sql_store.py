@@ -1,9 +1,11 @@
 """SqlStore: the gateway's durable state in SQLite (WAL, versioned migrations).
 
-One connection per thread (the web server, the relay and the consumer each have their own);
-every write is one `BEGIN IMMEDIATE` transaction, so a decision and its outbox rows commit
-together. The SQL is plain enough to move to PostgreSQL behind the same Store port; outbox
-claims there would add `FOR UPDATE SKIP LOCKED`.
+Reads use one connection per thread (the web server's, the relay's and the consumer's own).
+Writes go through one writer connection, one piece at a time, in `BEGIN IMMEDIATE`
+transactions shared by the writers that arrive together (group commit), so a decision and its
+outbox rows commit together and concurrent writers share an fsync. The SQL is plain enough to
+move to PostgreSQL behind the same Store port; outbox claims there would add
+`FOR UPDATE SKIP LOCKED`.
 """
 
 from __future__ import annotations
@@ -110,21 +112,31 @@ def sqlite_path(url: str) -> str:
     return url[len("sqlite:///"):]
 
 
-class _Job:
-    """One caller's piece of a group commit."""
+_MAX_BATCH = 64  # pieces in one group commit, so that a steady stream still commits
 
-    __slots__ = ("done", "error", "fn", "result")
+
+class _Job:
+    """One caller's piece of a group commit; its caller waits on `waiter` until it is done."""
+
+    __slots__ = ("done", "error", "fn", "result", "waiter")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.waiter = threading.Lock()
+        self.waiter.acquire()
 
     def finish(self, error: BaseException | None = None) -> None:
         if error is not None:
             self.result, self.error = None, error
         self.done = True
+        self.waiter.release()
+
+    def wait(self) -> None:
+        if not self.done:
+            self.waiter.acquire()
 
 
 class _TransactionIds:
@@ -152,9 +164,11 @@ class SqlStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._commit_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queue: list[_Job] = []
+        self._gate = threading.Lock()  # the one writer: whoever holds it owns _writer
+        self._count_lock = threading.Lock()
+        self._arriving = 0  # writers waiting for the gate
+        self._open: list[_Job] = []  # run in the open transaction, not yet committed
+        self._writer: sqlite3.Connection | None = None
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -167,21 +181,23 @@ class SqlStore:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None,
-                                       check_same_thread=False,
-                                       timeout=self.busy_timeout_ms / 1000)
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode = WAL")
-                # FULL: a commit is on disk before the gateway answers 202 or acks a message,
-                # so an accepted input survives a power loss too, not only a process crash.
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA foreign_keys = ON")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a commit is on disk before the gateway answers 202 or acks a message,
+            # so an accepted input survives a power loss too, not only a process crash.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
+        with self._lock:
+            self._all.append(conn)
         return conn
 
     @contextmanager
@@ -205,66 +221,97 @@ class SqlStore:
     def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in a write transaction, committed before this returns.
 
-        Group commit: writers queue their work; whoever holds the commit lock runs every
-        queued piece in one transaction and commits once. With synchronous=FULL the fsync is
-        the cost of a commit, so concurrent requests share it. Waiting on a Python lock also
-        avoids SQLite's sleeping busy handler within a process.
+        Group commit through one gate: writers take turns; each runs its piece in the open
+        transaction and leaves it open while another writer is waiting at the gate, so the
+        last of a run commits for all (one fsync with synchronous=FULL). The pieces run one
+        at a time on the writer's connection: no thread waits in SQLite's sleeping busy
+        handler, and no thread wakes only to find that its work was done by another.
         """
         job = _Job(fn)
-        with self._queue_lock:
-            self._queue.append(job)
-        while not job.done:
-            with self._commit_lock:
-                if job.done:
-                    break
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+        with self._count_lock:
+            self._arriving += 1
+        with self._gate:
+            with self._count_lock:
+                self._arriving -= 1
+            self._run_open(job)
+            # one who arrived while this piece ran commits it too, unless the batch is full
+            if self._open and (not self._arriving or len(self._open) >= _MAX_BATCH):
+                self._commit_open()
+        job.wait()
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
 
-    def _commit(self, batch: list[_Job]) -> None:
-        """One transaction for the batch. A piece that raises before it wrote anything (the
-        usual failure: a refused transition) is left out and its caller gets the exception.
-        A piece that raises after writing cannot be undone alone: the transaction is rolled
-        back and the batch run again with a SAVEPOINT around each piece (the rare path, so
-        the common one pays for no savepoints)."""
-        if not self._run_batch(batch, savepoints=False):
-            self._run_batch(batch, savepoints=True)
-        for job in batch:
-            job.finish(job.error)
+    def _run_open(self, job: _Job) -> None:
+        """Under the gate: run `job` in the open transaction, beginning one if none is."""
+        if self._writer is None:
+            self._writer = self._connect()
+        conn = self._writer
+        if not self._open:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                job.finish(StoreError(f"store unavailable: {exc}"))
+                return
+        changes = conn.total_changes
+        try:
+            job.result = job.fn(conn)
+        except Exception as exc:
+            error = StoreError(f"store write failed: {exc}") if isinstance(
+                exc, sqlite3.Error) else exc
+            if conn.total_changes == changes:  # nothing written: leave it out
+                job.finish(error)
+                if not self._open:
+                    conn.execute("ROLLBACK")
+                return
+            # it wrote before failing, and a transaction cannot be undone in part: roll back
+            # and run the pieces before it again, each in a savepoint (the rare path, so the
+            # common one pays for no savepoints)
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            batch, self._open = self._open, []
+            if batch:
+                self._rerun(conn, batch)
+            job.finish(error)
+            return
+        except BaseException:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            for piece in [*self._open, job]:  # finished here: their callers wait for them
+                piece.finish(StoreError("commit interrupted"))
+            self._open = []
+            raise
+        self._open.append(job)
 
-    def _run_batch(self, batch: list[_Job], savepoints: bool) -> bool:
-        """False when the batch must be run again with savepoints (nothing was committed)."""
-        conn = self._conn()
+    def _commit_open(self) -> None:
+        assert self._writer is not None
+        conn = self._writer
+        batch, self._open = self._open, []
+        error = None
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = StoreError(f"commit failed: {exc}")
+        for piece in batch:
+            piece.finish(error)
+
+    def _rerun(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        """Run `batch` again in a new transaction, a savepoint around each piece, commit,
+        and finish every piece."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for job in batch:
-                job.error = StoreError(f"store unavailable: {exc}")
-            return True
-        try:
             for job in batch:
                 job.result, job.error = None, None
-                if savepoints:
-                    conn.execute("SAVEPOINT job")
-                changes = conn.total_changes
+                conn.execute("SAVEPOINT job")
                 try:
                     job.result = job.fn(conn)
                 except Exception as exc:
                     job.error = (StoreError(f"store write failed: {exc}")
                                  if isinstance(exc, sqlite3.Error) else exc)
-                    if savepoints:
-                        conn.execute("ROLLBACK TO job")
-                    elif conn.total_changes != changes and len(batch) > 1:
-                        conn.execute("ROLLBACK")
-                        return False
-                    elif conn.total_changes != changes:  # alone: undo it all
-                        conn.execute("ROLLBACK")
-                        return True
-                if savepoints:
-                    conn.execute("RELEASE job")
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
@@ -277,7 +324,8 @@ class SqlStore:
             for job in batch:  # finished here: their callers wait for them
                 job.finish(StoreError("commit interrupted"))
             raise
-        return True
+        for job in batch:
+            job.finish(job.error)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -311,6 +359,7 @@ class SqlStore:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+        self._writer = None
 
     def counts(self) -> dict[tuple[str, str], int]:
         rows = self._read(lambda c: c.execute(
