@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -257,31 +258,16 @@ def _q(name: str) -> str:
     return _NS + name
 
 
-# Expanded names of the elements read below. The parser drops comments and processing
-# instructions, so every child is an element and a child's tag is always one of these.
-_USN, _SID, _SERVICE_NAME, _PARENT, _PROPERTIES, _OBJECT = map(
-    _q, ("USN", "SID", "ServiceName", "Parent", "Properties", "Object"))
-_PROVISION, _SUSPEND, _ACTIVATE, _ENABLE = map(
-    _q, ("ProvisionStatus", "SuspendStatus", "ActivateStatus", "EnableStatus"))
-_ACCESSORY, _INVOICING, _RATING, _TIMEZONE, _COST_CENTRE = map(
-    _q, ("AccessoryDataList", "InvoicingCycle", "RatingCycle", "Timezone", "CostCentre"))
-_CYCLE_TYPE, _CYCLE_DAY, _FEATURE_ID, _NAME = map(
-    _q, ("CycleType", "CycleDay", "FeatureId", "Name"))
-_PLAN_CODE, _PLAN_TYPE, _START = map(_q, ("PlanCode", "PlanScheduleType", "Start"))
-_SUBSCRIPTION, _ACTIVE_FEATURES, _PLANS = map(
-    _q, ("Subscription", "ActiveFeatures", "PlanScheduleItems"))
+# Expanded names the readers below tell apart. The parser drops comments and processing
+# instructions, so every child is an element.
+_ACCESSORY, _INVOICING, _RATING, _TIMEZONE = map(
+    _q, ("AccessoryDataList", "InvoicingCycle", "RatingCycle", "Timezone"))
 _FEATURES_UPDATE, _UPDATED = map(_q, ("SubscriptionFeaturesUpdate", "SubscriptionUpdated"))
-_REQUEST_ID, _STATUS, _MESSAGE = map(_q, ("provisionRequestId", "status", "message"))
 # Lookups instead of Enum calls (a tenth of the cost); the schema has checked every value.
-_PROPERTY_TYPES = {_q(kind.value): kind for kind in PropertyType}
 _PROVISION_STATUSES = {s.value: s for s in ProvisionStatus}
 _SUSPEND_STATUSES = {s.value: s for s in SuspendStatus}
 _ACTIVATE_STATUSES = {s.value: s for s in ActivateStatus}
 _ENABLE_STATUSES = {s.value: s for s in EnableStatus}
-
-
-def _fields(element: etree._Element) -> dict[str, etree._Element]:
-    return {child.tag: child for child in element}
 
 
 def _text(element: etree._Element) -> str:
@@ -298,102 +284,117 @@ def format_datetime(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds")
 
 
-def _convert(element: etree._Element, kind: PropertyType, text: str) -> PropertyValue:
-    if text == "":
-        return None
-    try:
-        match kind:
-            case PropertyType.STRING:
-                return text
-            case PropertyType.BOOLEAN:
-                return text.strip() in ("true", "1")
-            case PropertyType.INTEGER:
-                return int(text)
-            case PropertyType.DECIMAL:
-                return Decimal(text.strip())
-            case PropertyType.DATE:
-                return date.fromisoformat(text.strip())
-            case PropertyType.TIMESTAMP:
-                return parse_datetime(text)
-    except (ValueError, InvalidOperation) as exc:
-        raise _ValueProblem(element, f"value {clip(text)!r} is out of range: {exc}") from exc
-    raise _ValueProblem(element, f"unknown property type {kind}")  # pragma: no cover
+def _boolean(text: str) -> bool:
+    return text.strip() in ("true", "1")
+
+
+def _decimal(text: str) -> Decimal:
+    return Decimal(text.strip())
+
+
+def _date(text: str) -> date:
+    return date.fromisoformat(text.strip())
+
+
+# Text -> value by the element's expanded name; the schema has checked each lexical form.
+_CONVERTERS: dict[str, tuple[PropertyType, Callable[[str], PropertyValue]]] = {
+    _q(PropertyType.STRING.value): (PropertyType.STRING, str),
+    _q(PropertyType.BOOLEAN.value): (PropertyType.BOOLEAN, _boolean),
+    _q(PropertyType.INTEGER.value): (PropertyType.INTEGER, int),
+    _q(PropertyType.DECIMAL.value): (PropertyType.DECIMAL, _decimal),
+    _q(PropertyType.DATE.value): (PropertyType.DATE, _date),
+    _q(PropertyType.TIMESTAMP.value): (PropertyType.TIMESTAMP, parse_datetime),
+}
 
 
 def _read_object(obj: etree._Element) -> tuple[Property, ...]:
     values = []
     for child in obj:
-        kind = _PROPERTY_TYPES[child.tag]
-        values.append(Property(kind, child.get("name", ""), _convert(child, kind, _text(child))))
+        kind, convert = _CONVERTERS[child.tag]
+        text = child.text
+        value: PropertyValue = None
+        if text:  # an empty element is Smile's "no value"
+            try:
+                value = convert(text)
+            except (ValueError, InvalidOperation) as exc:
+                raise _ValueProblem(
+                    child, f"value {clip(text)!r} is out of range: {exc}") from exc
+        values.append(Property(kind, child.get("name", ""), value))
     return tuple(values)
 
 
 def _read_cycle(element: etree._Element) -> Cycle:
-    fields = _fields(element)
-    return Cycle(_text(fields[_CYCLE_TYPE]).strip(), int(_text(fields[_CYCLE_DAY])))
+    cycle_type, cycle_day = element
+    return Cycle(_text(cycle_type).strip(), int(_text(cycle_day)))
 
+
+# The readers below take children by position: every content model here is an xs:sequence,
+# and the document has passed the schema before it is read.
 
 def _read_subscription(element: etree._Element) -> Subscription:
-    f = _fields(element)
+    children = list(element)
+    usn, sid, service_name, parent, properties, provision, suspend, activate, enable = \
+        children[:9]
     extra: dict[str, object] = {}
-    if len(f) > 9:  # the optional children after the nine required ones
-        if _ACCESSORY in f:
-            extra["accessory_data_list"] = etree.canonicalize(f[_ACCESSORY], strip_text=True)
-        if _INVOICING in f:
-            extra["invoicing_cycle"] = _read_cycle(f[_INVOICING])
-        if _RATING in f:
-            extra["rating_cycle"] = _read_cycle(f[_RATING])
-        for tag, attr in ((_TIMEZONE, "timezone"), (_COST_CENTRE, "cost_centre")):
-            if tag in f:
-                extra[attr] = KeyedText(f[tag].get("key", ""), _text(f[tag]))
-    objects = list(f[_PROPERTIES])
+    for child in children[9:]:  # the optional ones after EnableStatus
+        tag = child.tag
+        if tag == _ACCESSORY:
+            extra["accessory_data_list"] = etree.canonicalize(child, strip_text=True)
+        elif tag == _INVOICING:
+            extra["invoicing_cycle"] = _read_cycle(child)
+        elif tag == _RATING:
+            extra["rating_cycle"] = _read_cycle(child)
+        elif tag == _TIMEZONE:
+            extra["timezone"] = KeyedText(child.get("key", ""), _text(child))
+        else:  # CostCentre
+            extra["cost_centre"] = KeyedText(child.get("key", ""), _text(child))
     return Subscription(
-        usn=_text(f[_USN]).strip(),
-        sid=int(_text(f[_SID])),
-        service_name=_text(f[_SERVICE_NAME]),
-        parent=_text(f[_PARENT]).strip(),
-        properties=_read_object(objects[0]) if objects else (),
+        usn=_text(usn).strip(),
+        sid=int(_text(sid)),
+        service_name=_text(service_name),
+        parent=_text(parent).strip(),
+        properties=_read_object(properties[0]),
         statuses=Statuses(
-            _PROVISION_STATUSES[_text(f[_PROVISION]).strip()],
-            _SUSPEND_STATUSES[_text(f[_SUSPEND]).strip()],
-            _ACTIVATE_STATUSES[_text(f[_ACTIVATE]).strip()],
-            _ENABLE_STATUSES[_text(f[_ENABLE]).strip()],
+            _PROVISION_STATUSES[_text(provision).strip()],
+            _SUSPEND_STATUSES[_text(suspend).strip()],
+            _ACTIVATE_STATUSES[_text(activate).strip()],
+            _ENABLE_STATUSES[_text(enable).strip()],
         ),
         **extra,  # type: ignore[arg-type]
     )
 
 
 def _read_feature(element: etree._Element) -> Feature:
-    f = _fields(element)
-    return Feature(int(_text(f[_FEATURE_ID])), _text(f[_NAME]), _read_object(f[_OBJECT]))
+    feature_id, name, obj = element
+    return Feature(int(_text(feature_id)), _text(name), _read_object(obj))
 
 
 def _read_plan(element: etree._Element) -> PlanScheduleItem:
-    f = _fields(element)
+    children = list(element)
     start = None
-    if _START in f:
+    if len(children) > 2:
         try:
-            start = parse_datetime(_text(f[_START]))
+            start = parse_datetime(_text(children[2]))
         except ValueError as exc:
-            raise _ValueProblem(f[_START], f"dateTime out of range: {exc}") from exc
-    return PlanScheduleItem(_text(f[_PLAN_CODE]).strip(), int(_text(f[_PLAN_TYPE])), start)
+            raise _ValueProblem(children[2], f"dateTime out of range: {exc}") from exc
+    return PlanScheduleItem(_text(children[0]).strip(), int(_text(children[1])), start)
 
 
 def _read_document(root: etree._Element) -> Document:
-    parts = _fields(root)
     if root.tag == _FEATURES_UPDATE:
+        subscription, features, plans = root
         return SubscriptionFeaturesUpdate(
-            _read_subscription(parts[_SUBSCRIPTION]),
-            tuple(map(_read_feature, parts[_ACTIVE_FEATURES])),
-            tuple(map(_read_plan, parts[_PLANS])),
+            _read_subscription(subscription),
+            tuple(map(_read_feature, features)),
+            tuple(map(_read_plan, plans)),
         )
     if root.tag == _UPDATED:
-        return SubscriptionUpdated(_read_subscription(parts[_SUBSCRIPTION]))
-    message = parts.get(_MESSAGE)
+        return SubscriptionUpdated(_read_subscription(root[0]))
+    children = list(root)  # provisionRequestId, status, message?
     return SubscriptionProvisionResponse(
-        int(_text(parts[_REQUEST_ID])),
-        _text(parts[_STATUS]).strip(),
-        None if message is None else _text(message),
+        int(_text(children[0])),
+        _text(children[1]).strip(),
+        _text(children[2]) if len(children) > 2 else None,
     )
 
 
