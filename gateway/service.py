@@ -195,34 +195,34 @@ class GatewayService:
                 previous = self._snapshot(record)  # merged below: needs the whole document
             before = frozenset() if record is None else self._feature_ids(record)
             added, removed = feature_diff(document, before)
-            result = replace(translation, features_added=added, features_removed=removed)
-            response = result.as_dict()
+            response = translation.as_dict()
+            response["features_added"], response["features_removed"] = list(added), list(removed)
             history = []
             new = None
             if sub is not None:
                 states = self._states(record)
                 flags = sub.statuses.as_dict()
-                for vocabulary, state in result.states.items():
+                for vocabulary, state in translation.states.items():
                     if state is not None and states.get(vocabulary) != state:
                         history.append(HistoryEntry(
                             source, dedupe_key, vocabulary, states.get(vocabulary), state,
-                            {"smileMessageType": result.smile_message_type,
+                            {"smileMessageType": translation.smile_message_type,
                              "statuses": flags}))
                         states[vocabulary] = state
                 if added or removed:
                     history.append(HistoryEntry(source, dedupe_key, None, None, None, {
-                        "smileMessageType": result.smile_message_type,
+                        "smileMessageType": translation.smile_message_type,
                         "features_added": list(added), "features_removed": list(removed)}))
                 if not history:
                     history.append(HistoryEntry(source, dedupe_key, None, None, None, {
-                        "smileMessageType": result.smile_message_type,
+                        "smileMessageType": translation.smile_message_type,
                         "statuses": flags}))
                 snapshot = self._new_snapshot(document, previous, data)
                 kept = previous if previous is not None else document
                 feature_ids = (kept.feature_ids() if isinstance(kept, SubscriptionFeaturesUpdate)
                                else frozenset())
                 request = record.provision_request_id if record is not None else None
-                mtype = result.smile_message_type
+                mtype = translation.smile_message_type
                 if mtype == "SubscriptionReadyToProvision" and given.get("provisionRequestId"):
                     request = int(given["provisionRequestId"])
                 elif mtype in ("SubscriptionProvisioned", "SubscriptionClosed"):
@@ -238,7 +238,7 @@ class GatewayService:
                 event = {"eventId": event_id, "source": source, "dedupeKey": dedupe_key,
                          **response}
                 written.append(NewOutboxItem(
-                    FORWARD, event_id, usn, result.smile_message_type or "SmileDocument",
+                    FORWARD, event_id, usn, translation.smile_message_type or "SmileDocument",
                     {"Idempotency-Key": event_id, "Content-Type": "application/json"},
                     json.dumps(event).encode()))
             return Decision(new, tuple(written), tuple(history), response)
