@@ -1,0 +1,269 @@
+"""The Store port's SQL, shared by SQLite (adapters/sql_store.py) and PostgreSQL
+(adapters/pg_store.py).
+
+The statements are plain SQL with `?` placeholders; each store supplies its transactions
+(`_transact`, `_read`), its migrations, and what only it needs (outbox claims, the lock that
+serialises the writers of one subscription across processes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from gateway.errors import clip
+from gateway.ports import (
+    DEAD,
+    PENDING,
+    SENT,
+    Decide,
+    HistoryEntry,
+    NewOutboxItem,
+    OutboxItem,
+    SubscriptionRecord,
+)
+
+T = TypeVar("T")
+
+OUTBOX_COLUMNS = ("id, channel, message_id, usn, kind, headers, body, status, attempts, "
+                  "last_error, created_at, updated_at")
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What the shared statements need of a DB-API connection (`?` placeholders)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+class _TransactionIds:
+    """provisionRequestIds from the sequences table, inside the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def next_provision_request_id(self) -> int:
+        row = self.conn.execute(
+            "INSERT INTO sequences (name, value) VALUES ('provisionRequestId', 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = sequences.value + 1 "
+            "RETURNING value").fetchone()
+        return int(row[0])
+
+
+class SqlStoreBase:
+    """The Store port over a SQL database; subclasses supply the transactions."""
+
+    clock: Callable[[], float]
+
+    def _transact(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn` in a write transaction, committed before this returns."""
+        raise NotImplementedError
+
+    def _read(self, fn: Callable[[Connection], T]) -> T:
+        raise NotImplementedError
+
+    def _lock_usn(self, conn: Connection, usn: str) -> None:
+        """Serialise the writers of one subscription (a no-op where writers are serial)."""
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status").fetchall())
+        return {(channel, status): n for channel, status, n in rows}
+
+    def ping(self) -> None:
+        self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    @staticmethod
+    def _record(row: tuple[Any, ...] | None) -> SubscriptionRecord | None:
+        if row is None:
+            return None
+        usn, sid, snapshot, states, request, feature_ids = row
+        return SubscriptionRecord(
+            usn, sid, bytes(snapshot), json.loads(states), request,
+            None if feature_ids is None else frozenset(json.loads(feature_ids)))
+
+    def record(self, usn: str, dedupe_key: str | None,
+               decide: Decide) -> tuple[dict[str, Any], bool]:
+        def work(conn: Connection) -> tuple[dict[str, Any], bool]:
+            self._lock_usn(conn, usn)  # before the dedupe key: a twin waits, then sees it
+            if dedupe_key is not None:
+                seen = conn.execute("SELECT response FROM dedupe WHERE key = ?",
+                                    (dedupe_key,)).fetchone()
+                if seen is not None:
+                    return json.loads(seen[0]), True
+            current = self._record(conn.execute(
+                "SELECT usn, sid, snapshot, states, provision_request_id, feature_ids "
+                "FROM subscriptions WHERE usn = ?", (usn,)).fetchone())
+            decision = decide(current, _TransactionIds(conn))
+            now = self.clock()
+            new = decision.record
+            if new is not None:
+                conn.execute(
+                    "INSERT INTO subscriptions (usn, sid, snapshot, states, "
+                    "provision_request_id, feature_ids, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (usn) DO UPDATE SET sid = excluded.sid, "
+                    "snapshot = excluded.snapshot, states = excluded.states, "
+                    "provision_request_id = excluded.provision_request_id, "
+                    "feature_ids = excluded.feature_ids, updated_at = excluded.updated_at",
+                    (new.usn, new.sid, new.snapshot, json.dumps(new.states),
+                     new.provision_request_id,
+                     None if new.feature_ids is None else json.dumps(sorted(new.feature_ids)),
+                     now))
+            for entry in decision.history:
+                self._add_history(conn, usn, entry, now)
+            self._insert_outbox(conn, decision.outbox, now)
+            if dedupe_key is not None:
+                conn.execute("INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
+                             (dedupe_key, json.dumps(decision.response), now))
+            return decision.response, False
+
+        return self._transact(work)
+
+    @staticmethod
+    def _add_history(conn: Connection, usn: str, entry: HistoryEntry,
+                     now: float) -> None:
+        conn.execute(
+            "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, state, "
+            "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
+             entry.state, json.dumps(entry.detail)))
+
+    def subscription(self, usn: str) -> SubscriptionRecord | None:
+        return self._read(lambda c: self._record(c.execute(
+            "SELECT usn, sid, snapshot, states, provision_request_id, feature_ids "
+            "FROM subscriptions WHERE usn = ?", (usn,)).fetchone()))
+
+    def history(self, usn: str, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT at, source, event_id, vocabulary, previous, state, detail FROM history "
+            "WHERE usn = ? ORDER BY id DESC LIMIT ?", (usn, limit)).fetchall())
+        return [{"at": at, "source": source, "eventId": event_id, "vocabulary": vocabulary,
+                 "from": previous, "to": state, "detail": json.loads(detail)}
+                for at, source, event_id, vocabulary, previous, state, detail in reversed(rows)]
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_outbox(conn: Connection, items: Sequence[NewOutboxItem],
+                       now: float) -> list[int]:
+        ids = []
+        for item in items:
+            row = conn.execute(
+                "INSERT INTO outbox (channel, message_id, usn, kind, headers, body, status, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (item.channel, item.message_id, item.usn, item.kind, json.dumps(item.headers),
+                 item.body, item.status, now, now)).fetchone()
+            ids.append(int(row[0]))
+        return ids
+
+    def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]:
+        def work(conn: Connection) -> list[int]:
+            return self._insert_outbox(conn, items, self.clock())
+
+        return self._transact(work)
+
+    @staticmethod
+    def _item(row: tuple[Any, ...]) -> OutboxItem:
+        (id_, channel, message_id, usn, kind, headers, body, status, attempts, last_error,
+         created_at, updated_at) = row
+        return OutboxItem(id_, channel, message_id, usn, kind, json.loads(headers), bytes(body),
+                          status, attempts, last_error, created_at, updated_at)
+
+    def mark_sent(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        def work(conn: Connection) -> None:
+            conn.executemany(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = NULL, "
+                "updated_at = ? WHERE id = ? AND status = ?",
+                [(SENT, self.clock(), i, PENDING) for i in ids])
+
+        return self._transact(work)
+
+    def mark_failed(self, item_id: int, error: str, retry_at: float, dead: bool) -> None:
+        def work(conn: Connection) -> None:
+            conn.execute(
+                "UPDATE outbox SET status = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND status = ?",
+                (DEAD if dead else PENDING, clip(error, 500), retry_at, self.clock(),
+                 item_id, PENDING))
+
+        return self._transact(work)
+
+    def outbox(self, status: str | None = None, limit: int = 1000) -> list[OutboxItem]:
+        if status is None:
+            rows = self._read(lambda c: c.execute(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?",
+                (limit,)).fetchall())
+        else:
+            rows = self._read(lambda c: c.execute(
+                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status = ? ORDER BY id DESC "
+                "LIMIT ?", (status, limit)).fetchall())
+        return [self._item(r) for r in reversed(rows)]
+
+    def outbox_by_message_ids(self, message_ids: Sequence[str]) -> list[OutboxItem]:
+        out: list[OutboxItem] = []
+        for start in range(0, len(message_ids), 500):
+            part = list(message_ids[start:start + 500])
+            query = (f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE message_id IN "
+                     f"({','.join('?' * len(part))})")
+
+            def fetch(c: Connection, q: str = query,
+                      p: list[str] = part) -> list[tuple[Any, ...]]:
+                return c.execute(q, p).fetchall()
+
+            out += [self._item(r) for r in self._read(fetch)]
+        return out
+
+    def replay(self, ids: Sequence[int] | None = None) -> int:
+        def work(conn: Connection) -> int:
+            now = self.clock()
+            if ids is None:
+                cur = conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
+                    "updated_at = ? WHERE status = ?", (PENDING, now, DEAD))
+                return cur.rowcount
+            count = 0
+            for item_id in ids:
+                cur = conn.execute(
+                    "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
+                    "updated_at = ? WHERE id = ? AND status != ?",
+                    (PENDING, now, item_id, PENDING))
+                count += cur.rowcount
+            return count
+
+        return self._transact(work)
+
+    # -- dead letters (inbound documents that cannot be accepted) ---------------------------
+
+    def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],
+                        body: bytes) -> int:
+        def work(conn: Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO dead_letters (source, reason, headers, body, at) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (source, clip(reason, 2000), json.dumps(headers), body, self.clock())).fetchone()
+            return int(row[0])
+
+        return self._transact(work)
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT id, source, reason, headers, body, at FROM dead_letters ORDER BY id DESC "
+            "LIMIT ?", (limit,)).fetchall())
+        return [{"id": i, "source": s, "reason": r, "headers": json.loads(h),
+                 "body": bytes(b), "at": at} for i, s, r, h, b, at in reversed(rows)]
