@@ -1,7 +1,7 @@
 # smile-gateway: `make run` runs the gateway on its embedded defaults (127.0.0.1:8080, SQLite,
 # emission off, no broker needed); `make test` sets up everything on a fresh machine (venv,
-# packages, Debian's activemq and libxml2-utils), starts ActiveMQ and the STOMP plugin of the
-# machine's RabbitMQ, and runs ruff, mypy and pytest. See README.md.
+# packages, Debian's activemq, postgresql and libxml2-utils), starts ActiveMQ, the STOMP plugin
+# of the machine's RabbitMQ and PostgreSQL, and runs ruff, mypy and pytest. See README.md.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(PY) -m mypy
 	scripts/activemq.sh start
 	scripts/rabbitmq-stomp.sh start || echo "make test: no RabbitMQ STOMP; its compatibility tests skip (and fail under CI=true)" >&2
+	scripts/postgres.sh start
 	$(PY) -m pytest; status=$$?; scripts/activemq.sh stop; scripts/rabbitmq-stomp.sh stop; exit $$status
 
 broker:

@@ -76,6 +76,12 @@ class SqlStoreBase:
     def _lock_usn(self, conn: Connection, usn: str) -> None:
         """Serialise the writers of one subscription (a no-op where writers are serial)."""
 
+    def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
     def counts(self) -> dict[tuple[str, str], int]:
         rows = self._read(lambda c: c.execute(
             "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status").fetchall())

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 from adapters.smile_xml import SmileXmlCodec
 from gateway.batch import Checker
-from gateway.config import Settings
+from gateway.config import POSTGRES_SCHEMES, Settings
 from gateway.domain import SubscriptionProvisionResponse
 from gateway.ports import BROKER, FORWARD, Forwarder, InMemoryRequestIds, Publisher, RequestIds
 from gateway.translator import Translator
 
 if TYPE_CHECKING:
     from adapters.http_server import WaitressServer
-    from adapters.sql_store import SqlStore
+    from adapters.sql_base import SqlStoreBase
     from adapters.stomp_broker import StompConsumer
     from gateway.relay import BrokerRelay, ForwardRelay
     from gateway.service import GatewayService
@@ -48,7 +48,12 @@ def build_translator(settings: Settings, request_ids: RequestIds | None = None) 
                       request_ids if request_ids is not None else InMemoryRequestIds())
 
 
-def build_store(settings: Settings) -> SqlStore:
+def build_store(settings: Settings) -> SqlStoreBase:
+    """SQLite for `sqlite:///PATH`, PostgreSQL for `postgresql://...` (several gateways)."""
+    if settings.store.url.startswith(POSTGRES_SCHEMES):
+        from adapters.pg_store import PgStore
+
+        return PgStore(settings.store.url)
     from adapters.sql_store import SqlStore
 
     return SqlStore(settings.store.url)
@@ -66,7 +71,7 @@ class Runtime:
 
     settings: Settings
     service: GatewayService
-    store: SqlStore
+    store: SqlStoreBase
     broker_relay: BrokerRelay
     forward_relay: ForwardRelay | None
     consumer: StompConsumer | None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from gateway import __version__, batch
-from gateway.config import CONFIG_ENV, Settings, load_settings
+from gateway.config import CONFIG_ENV, Settings, load_settings, redact_url
 from gateway.domain import MESSAGE_TYPES, SubscriptionFeaturesUpdate
 from gateway.errors import (
     ConfigError,
@@ -360,7 +360,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     for thread in threads:
         thread.start()
-    log.info("serving store=%s emission=%s inbound=%s forward=%s", settings.store.url,
+    log.info("serving store=%s emission=%s inbound=%s forward=%s", redact_url(settings.store.url),
              "on" if settings.emission.enabled else "off (dry run)",
              settings.inbound.destination if settings.inbound.enabled else "off",
              settings.forward.url or "off")

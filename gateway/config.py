@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -242,7 +243,25 @@ def _message_types(raw: Any, key: str) -> dict[str, bool]:
     return out
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def redact_url(url: str) -> str:
+    """A store URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
+
+
 def _check_secrets_absent(data: Mapping[str, Any], source: str) -> None:
+    store = data.get("store", {})
+    url = store.get("url") if isinstance(store, Mapping) else None
+    if isinstance(url, str) and urlsplit(url).password is not None:
+        raise ConfigError("store.url", f"the password in it is a secret: remove it from {source} "
+                          "and give it in PGPASSWORD or ~/.pgpass, or give the whole URL in "
+                          f"{ENV_PREFIX}STORE__URL")
     for section, key in SECRETS:
         value = data.get(section, {})
         if isinstance(value, Mapping) and value.get(key) not in (None, ""):
@@ -289,9 +308,9 @@ def load_settings(path: str | Path | None = None,
     if sections["logging"].format not in ("text", "json"):
         raise ConfigError("logging.format", "unknown format", ("text", "json"))
     url = sections["store"].url
-    if not url.startswith(("sqlite:///", "postgresql://")):
-        raise ConfigError("store.url", f"unsupported store {url!r}",
-                          ("sqlite:///PATH", "postgresql://..."))
+    if not url.startswith(("sqlite:///", *POSTGRES_SCHEMES)):
+        raise ConfigError("store.url", f"unsupported store {redact_url(url)!r}",
+                          ("sqlite:///PATH", "postgresql://USER@HOST:PORT/DATABASE"))
     for name in ("emission", "inbound"):
         dest = sections[name].destination
         if not dest.startswith(("/queue/", "/topic/")):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_settings
+from gateway.config import load_settings, redact_url
 from gateway.errors import ConfigError
 from tests.conftest import ROOT, XSD
 
@@ -61,6 +61,7 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("webhook:\n  secret: whsec_abc\n", "webhook.secret", "environment only"),
     ("broker:\n  password: pw\n", "broker.password", "GATEWAY_BROKER__PASSWORD"),
     ("store:\n  url: mysql://x\n", "store.url", "unsupported store"),
+    ("store:\n  url: postgresql://gw:pw@db/gw\n", "store.url", "PGPASSWORD"),
     ("schema:\n  path: nowhere.xsd\n", "schema.path", "no schema file"),
     ("logging:\n  level: LOUD\n", "logging.level", "unknown level"),
     ("broker: [1, 2\n", "", "not valid YAML at line"),
@@ -77,3 +78,10 @@ def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, wo
 def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.yaml", {})
+
+
+def test_a_store_url_from_the_environment_may_hold_a_password_never_shown() -> None:
+    url = "postgresql://gw:s3cret@db.example:5433/gateway?sslmode=require"
+    assert load_settings(None, {"GATEWAY_STORE__URL": url}).store.url == url
+    assert redact_url(url) == "postgresql://gw:***@db.example:5433/gateway?sslmode=require"
+    assert redact_url("sqlite:///var/gateway.db") == "sqlite:///var/gateway.db"

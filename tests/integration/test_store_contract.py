@@ -1,0 +1,158 @@
+"""The Store port's contract, on SQLite and on PostgreSQL: the same tests, the same answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from adapters.sql_base import SqlStoreBase
+from gateway.errors import StoreError, TransitionError
+from gateway.ports import (
+    BROKER,
+    DEAD,
+    FORWARD,
+    PENDING,
+    SENT,
+    Decision,
+    HistoryEntry,
+    NewOutboxItem,
+    RequestIds,
+    SubscriptionRecord,
+)
+from tests.stores import KINDS, open_store, store_url
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(params=KINDS)
+def store(request, tmp_path) -> Iterator[SqlStoreBase]:
+    with store_url(request.param, tmp_path) as url:
+        opened = open_store(url)
+        yield opened
+        opened.close()
+
+
+def item(message_id: str, usn: str = "u1", channel: str = BROKER) -> NewOutboxItem:
+    return NewOutboxItem(channel, message_id, usn, "SubscriptionUpdated",
+                         {"smileMessageType": "SubscriptionUpdated"}, b"<x>\x00\xff</x>")
+
+
+def subscription(usn: str, states: dict[str, str | None] | None = None,
+                 request: int | None = None) -> SubscriptionRecord:
+    return SubscriptionRecord(usn, 173, b"<SubscriptionFeaturesUpdate/>", states or {}, request,
+                              frozenset({5001, 5003}))
+
+
+def test_a_decision_is_recorded_whole_and_a_repeated_key_answers_as_the_first(store) -> None:
+    seen: list[SubscriptionRecord | None] = []
+
+    def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+        seen.append(record)
+        history = (HistoryEntry("webhook", "k1", "order", None, "Pending", {"why": "first"}),)
+        return Decision(subscription("u1", {"order": "Pending"}), (item("m1"),), history,
+                        {"answer": 1})
+
+    assert store.record("u1", "webhook:k1", decide) == ({"answer": 1}, False)
+    assert store.record("u1", "webhook:k1", decide) == ({"answer": 1}, True)
+    assert seen == [None]  # the repeat decided nothing
+    record = store.subscription("u1")
+    assert record == subscription("u1", {"order": "Pending"})
+    assert [(h["vocabulary"], h["from"], h["to"], h["detail"]) for h in store.history("u1")] \
+        == [("order", None, "Pending", {"why": "first"})]
+    assert store.counts() == {(BROKER, PENDING): 1}
+
+
+def test_a_refused_decision_leaves_nothing(store) -> None:
+    def refuse(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+        ids.next_provision_request_id()  # written, then undone with the rest
+        raise TransitionError("order", "Completed", "Pending")
+
+    with pytest.raises(TransitionError):
+        store.record("u1", "k", refuse)
+    assert store.subscription("u1") is None
+    assert store.history("u1") == []
+    assert store.record("u1", "k", lambda r, ids: Decision(subscription("u1"), response={
+        "id": ids.next_provision_request_id()})) == ({"id": 1}, False)
+
+
+def test_provision_request_ids_count_up_across_decisions(store) -> None:
+    answers = [store.record(f"u{n}", None, lambda r, ids: Decision(
+        None, response={"id": ids.next_provision_request_id()}))[0]["id"] for n in range(3)]
+    assert answers == [1, 2, 3]
+
+
+def test_the_next_decision_sees_the_record_the_last_one_wrote(store) -> None:
+    store.record("u1", None, lambda r, ids: Decision(subscription("u1", {"order": "A"}, 7)))
+    seen = []
+    store.record("u1", None, lambda r, ids: (seen.append(r), Decision(None))[1])
+    assert seen == [subscription("u1", {"order": "A"}, 7)]
+
+
+def test_a_colliding_message_id_fails_the_write_and_keeps_the_store_usable(store) -> None:
+    store.enqueue([item("taken")])
+    with pytest.raises(StoreError):
+        store.record("u2", None, lambda r, ids: Decision(subscription("u2"), (item("taken"),)))
+    assert store.subscription("u2") is None
+    store.record("u2", None, lambda r, ids: Decision(subscription("u2"), (item("free"),)))
+    assert store.counts() == {(BROKER, PENDING): 2}
+
+
+def test_claims_come_oldest_first_by_channel_and_sent_rows_leave(store) -> None:
+    ids = store.enqueue([item("a"), item("b", "u2"), item("f", channel=FORWARD), item("c")])
+    assert ids == sorted(ids)
+    claimed = store.claim(BROKER, 10, now=1e12)
+    assert [i.message_id for i in claimed] == ["a", "b", "c"]
+    assert claimed[0].body == b"<x>\x00\xff</x>" and claimed[0].headers == {
+        "smileMessageType": "SubscriptionUpdated"}
+    store.mark_sent([claimed[0].id, claimed[1].id])
+    assert [i.message_id for i in store.claim(BROKER, 10, now=1e12)] == ["c"]
+    assert store.counts() == {(BROKER, SENT): 2, (BROKER, PENDING): 1, (FORWARD, PENDING): 1}
+    assert [i.message_id for i in store.claim(BROKER, 1, now=1e12)] == ["c"]
+
+
+def test_a_row_backing_off_holds_back_the_later_rows_of_its_subscription(store) -> None:
+    store.enqueue([item("a"), item("b"), item("other", "u2")])
+    first = store.claim(BROKER, 1, now=100.0)[0]
+    store.mark_failed(first.id, "broker said no", retry_at=200.0, dead=False)
+    assert [i.message_id for i in store.claim(BROKER, 10, now=150.0)] == ["other"]
+    later = store.claim(BROKER, 10, now=250.0)
+    assert [i.message_id for i in later] == ["a", "b", "other"]
+    assert later[0].attempts == 1 and later[0].last_error == "broker said no"
+
+
+def test_dead_rows_are_replayed_by_id_or_all(store) -> None:
+    store.enqueue([item("a"), item("b", "u2")])
+    for row in store.claim(BROKER, 10, now=1e12):
+        store.mark_failed(row.id, "refused", retry_at=0.0, dead=True)
+    dead = store.outbox(DEAD)
+    assert [i.message_id for i in dead] == ["a", "b"]
+    assert store.replay([dead[0].id]) == 1
+    assert store.replay([dead[0].id]) == 0  # pending already
+    assert store.replay() == 1
+    replayed = store.claim(BROKER, 10, now=1.0)
+    assert [(i.message_id, i.attempts) for i in replayed] == [("a", 0), ("b", 0)]  # afresh
+    assert [i.message_id for i in store.outbox_by_message_ids(["b", "nope"])] == ["b"]
+
+
+def test_dead_letters_keep_their_bytes(store) -> None:
+    first = store.add_dead_letter("broker", "not well-formed", {"usn": "u1"}, b"<\x00")
+    second = store.add_dead_letter("webhook", "x" * 5000, {}, b"")
+    assert second > first
+    letters = store.dead_letters()
+    assert [(d["source"], d["body"], d["headers"]) for d in letters] == [
+        ("broker", b"<\x00", {"usn": "u1"}), ("webhook", b"", {})]
+    assert len(letters[1]["reason"]) <= 2000
+
+
+def test_history_comes_oldest_first_and_limited_to_the_newest(store) -> None:
+    for n in range(5):
+        store.record("u1", None, lambda r, ids, n=n: Decision(None, history=(
+            HistoryEntry("test", None, None, None, None, {"n": n}),)))
+    assert [h["detail"]["n"] for h in store.history("u1", limit=3)] == [2, 3, 4]
+
+
+def test_ping_answers_and_a_closed_store_reopens_its_connections(store) -> None:
+    store.ping()
+    store.close()
+    store.ping()
