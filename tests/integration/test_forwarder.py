@@ -11,25 +11,28 @@ import requests
 import responses
 
 from adapters.http_forwarder import RequestsForwarder
-from adapters.sql_store import SqlStore
 from gateway.config import Settings
 from gateway.ports import DEAD, FORWARD, PENDING, SENT, InMemoryRequestIds
 from gateway.relay import ForwardRelay
 from gateway.service import GatewayService
 from gateway.translator import Translator
 from tests.conftest import SAMPLES
+from tests.stores import KINDS, open_store, store_url
 
 URL = "http://orders.example.test/smile-events"
 
 
-@pytest.fixture()
-def setup(settings: Settings, codec, tmp_path: Path):
+@pytest.fixture(params=KINDS)
+def setup(request, settings: Settings, codec, tmp_path: Path):
+    """On each store: the forward relay's claims and retries are the store's too."""
     s = replace(settings, forward=replace(settings.forward, url=URL, attempts=3,
                                           backoff_s=0.0, token="t0k3n"))
-    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
-    service = GatewayService(s, codec, store, Translator(s.mapping, codec, InMemoryRequestIds()))
-    relay = ForwardRelay(store, RequestsForwarder(s.forward), s.forward)
-    return service, relay, store
+    with store_url(request.param, tmp_path) as url:
+        store = open_store(url)
+        service = GatewayService(s, codec, store,
+                                 Translator(s.mapping, codec, InMemoryRequestIds()))
+        yield service, ForwardRelay(store, RequestsForwarder(s.forward), s.forward), store
+        store.close()
 
 
 def accept(service: GatewayService) -> None:
