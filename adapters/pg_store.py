@@ -106,6 +106,8 @@ MIGRATIONS: tuple[str, ...] = (
 @lru_cache(maxsize=512)
 def _placeholders(sql: str) -> LiteralString:
     """`?` -> `%s`: the shared statements hold no other `?` and no `%`."""
+    if "%" in sql:
+        raise ValueError(f"a statement for PgStore holds a %: {sql!r}")
     return sql.replace("?", "%s")
 
 
