@@ -13,7 +13,10 @@ a database between processes needs:
 - outbox claims hold a session advisory lock on each (channel, usn) they return until the
   last claimed row of it is marked sent or failed: another gateway skips that subscription
   meanwhile, so per-subscription order holds across gateways, and a gateway that dies
-  releases its claims with its connection instead of after a timeout.
+  releases its claims with its connection instead of after a timeout. (Row locks taken with
+  FOR UPDATE SKIP LOCKED would last only as long as the claiming transaction, unless it were
+  held open across the network delivery; and they would let another gateway send a later
+  row of the same subscription first.)
 """
 
 from __future__ import annotations

@@ -261,15 +261,17 @@ class SqlStore(SqlStoreBase):
         assert self._writer is not None
         conn = self._writer
         batch, self._open = self._open, []
-        error = None
+        error: BaseException | None = StoreError("commit interrupted")
         try:
             conn.execute("COMMIT")
+            error = None
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = StoreError(f"commit failed: {exc}")
-        for piece in batch:
-            piece.finish(error)
+        finally:  # whatever happened, the waiting callers are told
+            for piece in batch:
+                piece.finish(error)
 
     def _rerun(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         """Run `batch` again in a new transaction, a savepoint around each piece, commit,
