@@ -3,9 +3,8 @@
 Reads use one connection per thread (the web server's, the relay's and the consumer's own).
 Writes go through one writer connection, one piece at a time, in `BEGIN IMMEDIATE`
 transactions shared by the writers that arrive together (group commit), so a decision and its
-outbox rows commit together and concurrent writers share an fsync. The SQL is plain enough to
-move to PostgreSQL behind the same Store port; outbox claims there would add
-`FOR UPDATE SKIP LOCKED`.
+outbox rows commit together and concurrent writers share an fsync. The statements are
+SqlStoreBase's (adapters/sql_base.py), shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -153,10 +152,17 @@ class SqlStore(SqlStoreBase):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
+        if self.path == ":memory:":  # a database per connection: all share the writer's
+            return self._writer_conn()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
         return conn
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = self._connect()
+        return self._writer
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -218,9 +224,7 @@ class SqlStore(SqlStoreBase):
 
     def _run_open(self, job: _Job) -> None:
         """Under the gate: run `job` in the open transaction, beginning one if none is."""
-        if self._writer is None:
-            self._writer = self._connect()
-        conn = self._writer
+        conn = self._writer_conn()
         if not self._open:
             try:
                 conn.execute("BEGIN IMMEDIATE")

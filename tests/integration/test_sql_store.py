@@ -185,3 +185,13 @@ def test_a_lone_piece_failing_after_writing_leaves_nothing(tmp_path) -> None:
     assert store.subscription("b") is None
     store.record("b", None, lambda record, ids: decision("b", "free"))  # and the store works on
     assert store.subscription("b") is not None
+
+
+def test_an_in_memory_store_is_one_database_for_every_thread() -> None:
+    store = SqlStore("sqlite:///:memory:")
+    done = threading.Thread(target=lambda: store.record("m", None, lambda r, i: decision("m")))
+    done.start()
+    done.join(10)
+    assert store.subscription("m") is not None  # written by another thread, read here
+    store.enqueue([NewOutboxItem(BROKER, "x", "m", "SubscriptionUpdated", {}, b"<x/>")])
+    assert [i.message_id for i in store.claim(BROKER, 10, 1e12)] == ["x"]
