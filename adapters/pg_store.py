@@ -131,11 +131,17 @@ class _Adapted:
 
 
 class _Claims:
-    """One connection's claimed outbox rows, by the advisory lock key that holds them."""
+    """One connection's claimed outbox rows and the advisory locks (keys) that hold them.
+
+    A claim on a channel supersedes the connection's earlier claim on it: rows claimed before
+    and not marked since are either claimed again or given up (the relays claim again what
+    they could not deliver), so no lock outlives the rows it holds.
+    """
 
     def __init__(self) -> None:
         self.rows: dict[int, int] = {}  # outbox id -> key
         self.open: dict[int, int] = {}  # key -> claimed rows not yet marked
+        self.channel: dict[int, str] = {}  # key -> its channel
 
 
 class PgStore(SqlStoreBase):
@@ -233,6 +239,7 @@ class PgStore(SqlStoreBase):
         """Oldest first, none behind a waiting row of its usn, and no usn another gateway
         holds: the (channel, usn) lock is kept until its last claimed row is marked."""
         claims = self._claims()
+        mine = {key for key, of in claims.channel.items() if of == channel}
         ready = ("FROM outbox o WHERE channel = ? AND status = ? AND next_attempt_at <= ? "
                  "AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.channel = o.channel "
                  "AND p.usn = o.usn AND p.status = ? AND p.id < o.id "
@@ -241,25 +248,26 @@ class PgStore(SqlStoreBase):
         keys = self._read(lambda c: c.execute(
             "SELECT hashtextextended(channel || ':' || usn, 0) AS key, min(id) "
             f"{ready} GROUP BY key ORDER BY min(id) LIMIT ?", (*args, limit)).fetchall())
-        held = [key for key, _ in keys if key in claims.open or self._try_lock(key)]
-        for key in held:
-            claims.open.setdefault(key, 0)
-        if not held:
-            return []
-        # read again under the locks: a row another gateway sent meanwhile is not pending
-        rows = self._read(lambda c: c.execute(
-            f"SELECT {OUTBOX_COLUMNS}, hashtextextended(channel || ':' || usn, 0) {ready} "
-            "AND hashtextextended(channel || ':' || usn, 0) = ANY(?) ORDER BY id LIMIT ?",
-            (*args, held, limit)).fetchall())
+        held = [key for key, _ in keys if key in mine or self._try_lock(key)]
+        rows = []
+        if held:  # read again under the locks: a row sent meanwhile is not pending any more
+            rows = self._read(lambda c: c.execute(
+                f"SELECT {OUTBOX_COLUMNS}, hashtextextended(channel || ':' || usn, 0) {ready} "
+                "AND hashtextextended(channel || ':' || usn, 0) = ANY(?) ORDER BY id LIMIT ?",
+                (*args, held, limit)).fetchall())
+        for row_id in [r for r, key in claims.rows.items() if key in mine]:
+            del claims.rows[row_id]
+        counts: dict[int, int] = {}
         items = []
         for row in rows:
             *columns, key = row
-            if row[0] not in claims.rows:
-                claims.rows[row[0]] = key
-                claims.open[key] += 1
+            claims.rows[row[0]] = key
+            counts[key] = counts.get(key, 0) + 1
             items.append(self._item(tuple(columns)))
-        for key in held:
-            if not claims.open[key]:  # nothing of it left to send
+        for key in mine | set(held):
+            if counts.get(key):
+                claims.open[key], claims.channel[key] = counts[key], channel
+            else:  # nothing of it claimed now
                 self._release(claims, key)
         return items
 
@@ -268,7 +276,8 @@ class PgStore(SqlStoreBase):
             "SELECT pg_try_advisory_lock(?)", (key,)).fetchone()[0]))
 
     def _release(self, claims: _Claims, key: int) -> None:
-        del claims.open[key]
+        claims.open.pop(key, None)
+        claims.channel.pop(key, None)
         self._read(lambda c: c.execute("SELECT pg_advisory_unlock(?)", (key,)))
 
     def _settled(self, ids: Iterable[int]) -> None:

@@ -61,6 +61,16 @@ def test_a_gateway_that_goes_away_leaves_its_claims_to_the_others(gateways) -> N
     assert [i.message_id for i in b.claim(BROKER, 10, NOW)] == ["x1", "x2"]
 
 
+def test_a_new_claim_gives_up_what_the_last_one_held_and_did_not_claim_again(gateways) -> None:
+    a, b = gateways
+    enqueue(a, ("x1", "X"), ("y1", "Y"))
+    assert [i.message_id for i in a.claim(BROKER, 10, NOW)] == ["x1", "y1"]
+    assert b.claim(BROKER, 10, NOW) == []
+    # a's relay could not deliver and claims again, fewer: Y is no longer a's
+    assert [i.message_id for i in a.claim(BROKER, 1, NOW)] == ["x1"]
+    assert [i.message_id for i in b.claim(BROKER, 10, NOW)] == ["y1"]
+
+
 def test_concurrent_claims_never_share_a_row(gateways) -> None:
     a, b = gateways
     enqueue(a, *((f"m{n}", f"usn{n % 7}") for n in range(60)))
