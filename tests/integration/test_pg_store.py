@@ -170,3 +170,15 @@ def test_an_unreachable_server_is_a_store_error_without_the_password() -> None:
     with pytest.raises(StoreError, match="cannot open the store") as info:
         PgStore("postgresql://someone:s3cret@127.0.0.1:1/nothing", connect_timeout_s=2)
     assert "s3cret" not in str(info.value)
+
+
+def test_a_lost_connection_fails_one_call_then_the_store_reconnects(url) -> None:
+    store = PgStore(url)
+    store.record("u1", None, lambda r, ids: Decision(SubscriptionRecord("u1", 1, b"<x/>", {})))
+    with psycopg.connect(url, autocommit=True) as admin:  # the server restarts, say
+        for conn in store._all:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+    with pytest.raises(StoreError, match="unavailable"):
+        store.subscription("u1")
+    assert store.subscription("u1") is not None  # a new connection, the same data
+    store.close()
