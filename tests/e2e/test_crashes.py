@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.sql_base import SqlStoreBase
 from adapters.sql_store import SqlStore
 from adapters.stomp_broker import StompPublisher
 from gateway.config import Settings
@@ -30,6 +31,7 @@ from tests.brokers import (
     wait_until,
 )
 from tests.conftest import ROOT, SAMPLES
+from tests.stores import KINDS, open_store, store_url
 
 pytestmark = pytest.mark.broker
 COUNT = 2000
@@ -47,7 +49,7 @@ def own_broker(tmp_path: Path):
     broker.stop()
 
 
-def queue_documents(store: SqlStore, settings: Settings, codec, count: int) -> set[str]:
+def queue_documents(store: SqlStoreBase, settings: Settings, codec, count: int) -> set[str]:
     service = GatewayService(settings, codec, store,
                              Translator(settings.mapping, codec, InMemoryRequestIds()))
     data = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
@@ -59,7 +61,7 @@ def queue_documents(store: SqlStore, settings: Settings, codec, count: int) -> s
     return ids
 
 
-def sent(store: SqlStore) -> int:
+def sent(store: SqlStoreBase) -> int:
     return store.counts().get((BROKER, SENT), 0)
 
 
@@ -95,17 +97,23 @@ def test_a_broker_killed_mid_publish_loses_nothing(settings: Settings, codec, tm
     assert len(got) - len(set(got)) <= s.broker.max_in_flight  # resends bounded by one window
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_gateway_killed_mid_run_drains_its_outbox_after_restart(
-        settings: Settings, codec, tmp_path) -> None:
+        settings: Settings, codec, tmp_path, kind: str) -> None:
+    """On PostgreSQL the killed gateway's claims go with its connection: the next one sends."""
     require_broker()
+    with store_url(kind, tmp_path) as url:
+        killed_and_restarted(settings, codec, url)
+
+
+def killed_and_restarted(settings: Settings, codec, url: str) -> None:
     queue = unique_queue("gatewaykill")
-    db = tmp_path / "g.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update({"GATEWAY_STORE__URL": f"sqlite:///{db}", "GATEWAY_EMISSION__ENABLED": "true",
+    env.update({"GATEWAY_STORE__URL": url, "GATEWAY_EMISSION__ENABLED": "true",
                 "GATEWAY_EMISSION__DESTINATION": queue, "GATEWAY_WEBHOOK__PORT": "0",
                 "GATEWAY_BROKER__MAX_IN_FLIGHT": "50", "GATEWAY_LOGGING__LEVEL": "WARNING"})
     s = replace(settings, emission=replace(settings.emission, enabled=True, destination=queue))
-    store = SqlStore(f"sqlite:///{db}")
+    store = open_store(url)
     ids = queue_documents(store, s, codec, COUNT)
 
     def serve() -> subprocess.Popen[bytes]:
@@ -136,3 +144,4 @@ def test_a_gateway_killed_mid_run_drains_its_outbox_after_restart(
     got = [f.headers["gateway-message-id"] for f in frames]
     assert set(got) == ids
     assert len(got) - len(set(got)) <= 50  # at most the batch in flight at the kill
+    store.close()
