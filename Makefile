@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+PG_URL ?= postgresql://smile_test:smile_test@127.0.0.1:5432/smile_test
 
 .PHONY: run test lint typecheck pytest bench broker broker-stop clean
 
@@ -49,7 +50,7 @@ bench: $(STAMP)
 	$(PY) bench/translate.py
 	scripts/activemq.sh start
 	$(PY) bench/publish.py
-	$(PY) bench/webhook.py
+	if scripts/postgres.sh start; then $(PY) bench/webhook.py --pg-url $(PG_URL); else $(PY) bench/webhook.py; fi
 	$(PY) bench/webhook_cost.py
 
 clean:

@@ -1,12 +1,13 @@
 """POST /smile/messages against a bare Flask route, same WSGI server (waitress), same client.
 
-    python bench/webhook.py [--requests N] [--clients C]
+    python bench/webhook.py [--requests N] [--clients C] [--pg-url postgresql://...]
 
 The gateway side parses, validates, records the snapshot and history in SQLite (committed,
 synchronous=FULL) and answers 202. The bare side is a Flask app whose route reads the body
 and answers 202. Both run in their own process under waitress with the same thread count;
-the client is the same: C threads, each with one keep-alive connection. Writes requests/s and
-p50/p99 latency to BENCHMARKS.md ("webhook").
+the client is the same: C threads, each with one keep-alive connection. With --pg-url, the
+same gateway on that PostgreSQL database is measured too (informative: the goal is on SQLite).
+Writes requests/s and p50/p99 latency to BENCHMARKS.md ("webhook").
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,10 +54,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_env(db: Path, port: int, threads: int) -> dict[str, str]:
+def gateway_env(store_url: str, port: int, threads: int) -> dict[str, str]:
     """The environment of a benchmarked `serve`: its own store, port and thread count."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update({"GATEWAY_STORE__URL": f"sqlite:///{db}",
+    env.update({"GATEWAY_STORE__URL": store_url,
                 "GATEWAY_WEBHOOK__PORT": str(port),
                 "GATEWAY_WEBHOOK__THREADS": str(threads),
                 "GATEWAY_LOGGING__LEVEL": "WARNING"})
@@ -110,6 +114,69 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
+@contextmanager
+def pg_store(url: str | None) -> Iterator[str | None]:
+    """A store URL on a fresh schema of the database at `url`, dropped on exit."""
+    if not url:
+        yield None
+        return
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def pg_row(best: Results) -> str:
+    """The PostgreSQL gateway's row, its ratio against the bare route of its own runs."""
+    if "postgres" not in best:
+        return ""
+    rate, lat = best["postgres"]
+    bare_rate = best["postgres-bare"][0]
+    return (f"| the same gateway on PostgreSQL (`store.url: postgresql://`, one gateway; "
+            f"measured after, against the bare route's {bare_rate:,.0f}/s then) | "
+            f"{rate:,.0f} | {rate / bare_rate:.2f}x | {pct(lat, 50):.2f} | {pct(lat, 99):.2f} |\n")
+
+
+Results = dict[str, tuple[float, list[float]]]
+
+
+def compare(env: dict[str, str], port: int, args: argparse.Namespace) -> Results:
+    """One gateway (`serve` with `env`, on `port`) and the bare route, each started afresh,
+    interleaved runs after a warm-up; the best run of each."""
+    bare_port = free_port()
+    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env)
+    bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port),
+                             str(args.threads)])
+    try:
+        wait_up(port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the bare app has no /healthz: any answer
+            try:
+                http.client.HTTPConnection("127.0.0.1", bare_port, timeout=1).connect()
+                break
+            except OSError:
+                time.sleep(0.1)
+        ports = {"gateway": port, "bare": bare_port}
+        for each in ports.values():  # warm up both
+            load(each, 300, args.clients)
+        runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in ports}
+        for _ in range(args.runs):
+            for name, each in ports.items():
+                runs[name].append(load(each, args.requests, args.clients))
+    finally:
+        for process in (gateway, bare):
+            process.terminate()
+        for process in (gateway, bare):
+            process.wait(timeout=30)
+    return {name: max(found, key=lambda r: r[0]) for name, found in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=3000)
@@ -117,38 +184,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=8,
                     help="waitress threads on both sides (8: webhook.threads' default)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pg-url", help="then measure the gateway on this PostgreSQL database "
+                    "too, against the bare route again (in a schema of its own, dropped after)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        gw_port, bare_port = free_port(), free_port()
-        env = gateway_env(Path(tmp) / "bench.db", gw_port, args.threads)
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
-                                   env=env)
-        bare = subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port),
-                                 str(args.threads)])
-        try:
-            wait_up(gw_port)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # the bare app has no /healthz: any answer
-                try:
-                    http.client.HTTPConnection("127.0.0.1", bare_port, timeout=1).connect()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            load(gw_port, 300, args.clients)  # warm up both
-            load(bare_port, 300, args.clients)
-            results: dict[str, list[tuple[float, list[float]]]] = {"gateway": [], "bare": []}
-            for _ in range(args.runs):
-                results["gateway"].append(load(gw_port, args.requests, args.clients))
-                results["bare"].append(load(bare_port, args.requests, args.clients))
-        finally:
-            gateway.terminate()
-            bare.terminate()
-            gateway.wait(timeout=30)
-            bare.wait(timeout=30)
-    best = {k: max(v, key=lambda r: r[0]) for k, v in results.items()}
+        port = free_port()
+        best = compare(gateway_env(f"sqlite:///{Path(tmp) / 'bench.db'}", port, args.threads),
+                       port, args)
+    if args.pg_url:  # afterwards, so that the server's own work cannot weigh on the above
+        with pg_store(args.pg_url) as pg_url:
+            assert pg_url is not None
+            port = free_port()
+            on_pg = compare(gateway_env(pg_url, port, args.threads), port, args)
+        best["postgres"] = on_pg["gateway"]
+        best["postgres-bare"] = on_pg["bare"]
     gw_rate, gw_lat = best["gateway"]
     bare_rate, bare_lat = best["bare"]
-    body = f"""`bench/webhook.py --requests {args.requests} --clients {args.clients}`: POST of a
+    pg_flag = " --pg-url URL" if args.pg_url else ""
+    body = f"""`bench/webhook.py --requests {args.requests} --clients {args.clients}{pg_flag}`: POST of a
 1.9 KB SubscriptionFeaturesChanged document, waitress with {args.threads} threads on both
 sides, {args.clients} keep-alive client threads, best of {args.runs} interleaved runs after a
 warm-up. {machine()}.
@@ -156,7 +209,7 @@ warm-up. {machine()}.
 | server | requests/s | vs bare | p50 ms | p99 ms |
 |---|---|---|---|---|
 | gateway `POST /smile/messages` (parse, validate, translate, SQLite commit, 202) | {gw_rate:,.0f} | {gw_rate / bare_rate:.2f}x | {pct(gw_lat, 50):.2f} | {pct(gw_lat, 99):.2f} |
-| bare Flask route answering 202 | {bare_rate:,.0f} | 1.00x | {pct(bare_lat, 50):.2f} | {pct(bare_lat, 99):.2f} |
+{pg_row(best)}| bare Flask route answering 202 | {bare_rate:,.0f} | 1.00x | {pct(bare_lat, 50):.2f} | {pct(bare_lat, 99):.2f} |
 
 Goal: at least half the bare route's throughput (now {gw_rate / bare_rate:.2f}x). Mean
 gateway latency {statistics.fmean(gw_lat) * 1000:.2f} ms.

@@ -85,7 +85,7 @@ def measure(which: str, requests: int, folder: Path) -> dict[str, float]:
     port = free_port()
     out = folder / f"{which}.out"
     if which == "gateway":
-        env = gateway_env(folder / "cost.db", port, THREADS)
+        env = gateway_env(f"sqlite:///{folder / 'cost.db'}", port, THREADS)
         command = [sys.executable, "-m", "gateway", "serve"]
     else:
         env = dict(os.environ)
