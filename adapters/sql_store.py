@@ -240,7 +240,8 @@ class SqlStore(SqlStoreBase):
             if conn.total_changes == changes:  # nothing written: leave it out
                 job.finish(error)
                 if not self._open:
-                    conn.execute("ROLLBACK")
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 return
             # it wrote before failing, and a transaction cannot be undone in part: roll back
             # and run the pieces before it again, each in a savepoint (the rare path, so the
