@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Request, Response, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
@@ -47,6 +47,12 @@ class _Problem(Exception):
                  errors: list[dict[str, Any]] | None = None) -> None:
         self.status, self.title, self.detail, self.errors = status, title, detail, errors
         super().__init__(detail)
+
+
+def _current_request() -> Request:
+    """The request itself rather than Flask's proxy of it: every attribute read through the
+    proxy looks the request context up again (the hot route read nine; 80k instructions)."""
+    return request._get_current_object()  # type: ignore[attr-defined, no-any-return]
 
 
 def problem(status: int, title: str, detail: str,
@@ -142,7 +148,8 @@ def create_app(service: GatewayService, settings: Settings,
 
     @app.after_request
     def _count(response: Response) -> Response:
-        rule = request.url_rule
+        req = _current_request()
+        rule = req.url_rule
         key = (rule.rule if rule is not None else "(none)", response.status_code)
         pair = children.get(key)
         if pair is None:
@@ -150,36 +157,37 @@ def create_app(service: GatewayService, settings: Settings,
                                     latency.labels(key[0]))
         pair[0].inc()
         now = time.perf_counter()
-        pair[1].observe(now - request.environ.get(_STARTED, now))
+        pair[1].observe(now - req.environ.get(_STARTED, now))
         return response
 
     app.register_error_handler(Exception, _translate)
 
-    def body_bytes() -> bytes:
-        length = request.content_length
+    def body_bytes(req: Request) -> bytes:
+        length = req.content_length
         if length is not None and length > settings.webhook.max_body_bytes:
             raise _Problem(413, "Content Too Large",
                            f"body of {length} bytes is over the limit of "
                            f"{settings.webhook.max_body_bytes}")
-        data = request.get_data(cache=True)
+        data = req.get_data(cache=True)
         if len(data) > settings.webhook.max_body_bytes:
             raise _Problem(413, "Content Too Large",
                            f"body is over the limit of {settings.webhook.max_body_bytes}")
         return data
 
-    def signed(data: bytes) -> str | None:
+    def signed(req: Request, data: bytes) -> str | None:
         """The webhook-id when signatures are on (verified), else the header as given."""
         if key is not None:
-            headers = {k.lower(): v for k, v in request.headers.items()}
+            headers = {k.lower(): v for k, v in req.headers.items()}
             return verify(key, headers, data, clock(), settings.webhook.tolerance_s)
-        return request.headers.get("webhook-id") or None
+        return req.environ.get("HTTP_WEBHOOK_ID") or None
 
     def json_body() -> Any:
-        if request.mimetype != "application/json":
+        req = _current_request()
+        if req.mimetype != "application/json":
             raise _Problem(415, "Unsupported Media Type",
-                           f"expected application/json, found {request.mimetype or 'none'}")
-        data = body_bytes()
-        signed(data)
+                           f"expected application/json, found {req.mimetype or 'none'}")
+        data = body_bytes(req)
+        signed(req, data)
         try:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -189,17 +197,19 @@ def create_app(service: GatewayService, settings: Settings,
 
     @app.post("/smile/messages")
     def smile_messages() -> Response:
-        if request.mimetype not in XML_TYPES:
+        req = _current_request()
+        if req.mimetype not in XML_TYPES:
             raise _Problem(415, "Unsupported Media Type",
                            f"expected application/xml or text/xml, found "
-                           f"{request.mimetype or 'none'}")
-        data = body_bytes()
-        webhook_id = signed(data)
+                           f"{req.mimetype or 'none'}")
+        data = body_bytes(req)
+        webhook_id = signed(req, data)
+        environ = req.environ
         headers: dict[str, str] = {}
-        message_type = request.headers.get("X-Smile-Message-Type") or None
+        message_type = environ.get("HTTP_X_SMILE_MESSAGE_TYPE") or None
         if message_type:
             headers["smileMessageType"] = message_type
-        request_id = request.headers.get("X-Smile-Provision-Request-Id")
+        request_id = environ.get("HTTP_X_SMILE_PROVISION_REQUEST_ID")
         if request_id:
             headers["provisionRequestId"] = request_id
         result = service.accept_smile_document(
