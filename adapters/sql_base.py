@@ -18,7 +18,6 @@ from gateway.ports import (
     PENDING,
     SENT,
     Decide,
-    HistoryEntry,
     NewOutboxItem,
     OutboxItem,
     SubscriptionRecord,
@@ -45,6 +44,13 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any: ...
+
+
+def _write_one(conn: Connection, sql: str, parameters: Sequence[Any]) -> None:
+    """One row written, through executemany: CPython 3.11's sqlite3 lets go of the GIL once
+    less there than in execute (it skips lastrowid), and under load each release is a thread
+    switch (adapters/sql_store.py, before _begin)."""
+    conn.executemany(sql, (parameters,))
 
 
 class _TransactionIds:
@@ -92,11 +98,14 @@ class SqlStoreBase:
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    @staticmethod
-    def _record(row: tuple[Any, ...] | None) -> SubscriptionRecord | None:
+    def _current(self, conn: Connection, usn: str) -> SubscriptionRecord | None:
+        """The subscription's row as a record, None if there is none."""
+        row = conn.execute(
+            "SELECT sid, snapshot, states, provision_request_id, feature_ids "
+            "FROM subscriptions WHERE usn = ?", (usn,)).fetchone()
         if row is None:
             return None
-        usn, sid, snapshot, states, request, feature_ids = row
+        sid, snapshot, states, request, feature_ids = row
         return SubscriptionRecord(
             usn, sid, bytes(snapshot), json.loads(states), request,
             None if feature_ids is None else frozenset(json.loads(feature_ids)))
@@ -110,14 +119,13 @@ class SqlStoreBase:
                                     (dedupe_key,)).fetchone()
                 if seen is not None:
                     return json.loads(seen[0]), True
-            current = self._record(conn.execute(
-                "SELECT usn, sid, snapshot, states, provision_request_id, feature_ids "
-                "FROM subscriptions WHERE usn = ?", (usn,)).fetchone())
+            current = self._current(conn, usn)
             decision = decide(current, _TransactionIds(conn))
             now = self.clock()
             new = decision.record
             if new is not None:
-                conn.execute(
+                _write_one(
+                    conn,
                     "INSERT INTO subscriptions (usn, sid, snapshot, states, "
                     "provision_request_id, feature_ids, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -129,29 +137,22 @@ class SqlStoreBase:
                      new.provision_request_id,
                      None if new.feature_ids is None else json.dumps(sorted(new.feature_ids)),
                      now))
-            for entry in decision.history:
-                self._add_history(conn, usn, entry, now)
+            if decision.history:
+                conn.executemany(
+                    "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, "
+                    "state, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
+                      entry.state, json.dumps(entry.detail)) for entry in decision.history])
             self._insert_outbox(conn, decision.outbox, now)
             if dedupe_key is not None:
-                conn.execute("INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
-                             (dedupe_key, json.dumps(decision.response), now))
+                _write_one(conn, "INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
+                           (dedupe_key, json.dumps(decision.response), now))
             return decision.response, False
 
         return self._transact(work)
 
-    @staticmethod
-    def _add_history(conn: Connection, usn: str, entry: HistoryEntry,
-                     now: float) -> None:
-        conn.execute(
-            "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, state, "
-            "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
-             entry.state, json.dumps(entry.detail)))
-
     def subscription(self, usn: str) -> SubscriptionRecord | None:
-        return self._read(lambda c: self._record(c.execute(
-            "SELECT usn, sid, snapshot, states, provision_request_id, feature_ids "
-            "FROM subscriptions WHERE usn = ?", (usn,)).fetchone()))
+        return self._read(lambda c: self._current(c, usn))
 
     def history(self, usn: str, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(lambda c: c.execute(

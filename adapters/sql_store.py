@@ -9,6 +9,7 @@ SqlStoreBase's (adapters/sql_base.py), shared with the PostgreSQL store.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -18,9 +19,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters.sql_base import OUTBOX_COLUMNS, SqlStoreBase
+from adapters.sql_base import OUTBOX_COLUMNS, Connection, SqlStoreBase
 from gateway.errors import ConfigError, StoreError
-from gateway.ports import PENDING, OutboxItem
+from gateway.ports import PENDING, OutboxItem, SubscriptionRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,17 +101,33 @@ def sqlite_path(url: str) -> str:
 
 _MAX_BATCH = 64  # pieces in one group commit, so that a steady stream still commits
 
+# CPython 3.11's sqlite3 lets go of the GIL around each small C call it makes: five times in
+# an `execute`, and in a `fetchone` once per column plus twice. While the web server's other
+# threads want the GIL, each release hands it to one of them and costs this thread a switch
+# to get it back (measured: ten more releases per request took 13-20 % off the webhook's
+# throughput). So transactions begin and end in one release each: BEGIN through
+# `executescript`, COMMIT and ROLLBACK through the connection's own `commit` and `rollback`
+# (which are no-ops outside a transaction); and the hot reads fetch few columns.
+
+
+def _begin(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:  # executescript would commit it first
+        raise sqlite3.OperationalError("cannot start a transaction within a transaction")
+    conn.executescript("BEGIN IMMEDIATE")
+
 
 class _Job:
-    """One caller's piece of a group commit; its caller waits on `waiter` until it is done."""
+    """One caller's piece of a group commit. Its caller waits on `waiter` until the piece is
+    done, or until it is handed the lead (`lead`) and runs the waiting pieces itself."""
 
-    __slots__ = ("done", "error", "fn", "result", "waiter")
+    __slots__ = ("done", "error", "fn", "lead", "result", "waiter")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
+        self.lead = False
         self.waiter = threading.Lock()
         self.waiter.acquire()
 
@@ -137,9 +154,9 @@ class SqlStore(SqlStoreBase):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._gate = threading.Lock()  # the one writer: whoever holds it owns _writer
-        self._count_lock = threading.Lock()
-        self._arriving = 0  # writers waiting for the gate
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Job] = []  # pieces waiting for the leader
+        self._leading = False  # a leader owns _writer and _open (under _queue_lock)
         self._open: list[_Job] = []  # run in the open transaction, not yet committed
         self._writer: sqlite3.Connection | None = None
         if self.path != ":memory:":
@@ -184,50 +201,75 @@ class SqlStore(SqlStoreBase):
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"store unavailable: {exc}") from exc
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            conn.rollback()
             raise
         try:
-            conn.execute("COMMIT")
+            conn.commit()
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            conn.rollback()
             raise StoreError(f"commit failed: {exc}") from exc
 
     def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in a write transaction, committed before this returns.
 
-        Group commit through one gate: writers take turns; each runs its piece in the open
-        transaction and leaves it open while another writer is waiting at the gate, so the
-        last of a run commits for all (one fsync with synchronous=FULL). The pieces run one
-        at a time on the writer's connection: no thread waits in SQLite's sleeping busy
-        handler, and no thread wakes only to find that its work was done by another.
+        Group commit by a leader: a writer queues its piece; if no writer is leading it leads,
+        else it sleeps until its piece is committed or it is handed the lead. The leader runs
+        the queued pieces one after another in one transaction on the writer connection,
+        takes in those that arrive meanwhile, commits them all (one fsync with
+        synchronous=FULL), wakes their writers, and hands the lead to the first of those who
+        queued during the commit. A writer sleeps at most once and wakes only to return or to
+        lead: no thread waits in SQLite's busy handler, none wakes to find its work done.
         """
         job = _Job(fn)
-        with self._count_lock:
-            self._arriving += 1
-        with self._gate:
-            with self._count_lock:
-                self._arriving -= 1
-            self._run_open(job)
-            # one who arrived while this piece ran commits it too, unless the batch is full
-            if self._open and (not self._arriving or len(self._open) >= _MAX_BATCH):
-                self._commit_open()
-        job.wait()
+        with self._queue_lock:
+            self._queue.append(job)
+            job.lead = not self._leading
+            self._leading = True
+        if not job.lead:
+            job.wait()  # done, or handed the lead
+        if not job.done:
+            self._lead()
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
 
+    def _lead(self) -> None:
+        """Run and commit the queued pieces, up to _MAX_BATCH in one transaction, then hand
+        the lead on (or give it up when nobody is waiting)."""
+        try:
+            while True:
+                with self._queue_lock:
+                    room = _MAX_BATCH - len(self._open)
+                    taken, self._queue[:room] = self._queue[:room], []
+                if not taken:
+                    break
+                for job in taken:
+                    self._run_open(job)
+                if len(self._open) >= _MAX_BATCH:
+                    break
+            if self._open:
+                self._commit_open()
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    following = self._queue[0]
+                    following.lead = True
+                    following.waiter.release()  # it leads from here
+                else:
+                    self._leading = False
+
     def _run_open(self, job: _Job) -> None:
-        """Under the gate: run `job` in the open transaction, beginning one if none is."""
+        """The leader's: run `job` in the open transaction, beginning one if none is."""
         conn = self._writer_conn()
         if not self._open:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin(conn)
             except sqlite3.Error as exc:
                 job.finish(StoreError(f"store unavailable: {exc}"))
                 return
@@ -241,13 +283,13 @@ class SqlStore(SqlStoreBase):
                 job.finish(error)
                 if not self._open:
                     with suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                        conn.rollback()
                 return
             # it wrote before failing, and a transaction cannot be undone in part: roll back
             # and run the pieces before it again, each in a savepoint (the rare path, so the
             # common one pays for no savepoints)
             with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.rollback()
             batch, self._open = self._open, []
             if batch:
                 self._rerun(conn, batch)
@@ -255,7 +297,7 @@ class SqlStore(SqlStoreBase):
             return
         except BaseException:
             with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.rollback()
             for piece in [*self._open, job]:  # finished here: their callers wait for them
                 piece.finish(StoreError("commit interrupted"))
             self._open = []
@@ -268,11 +310,11 @@ class SqlStore(SqlStoreBase):
         batch, self._open = self._open, []
         error: BaseException | None = StoreError("commit interrupted")
         try:
-            conn.execute("COMMIT")
+            conn.commit()
             error = None
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.rollback()
             error = StoreError(f"commit failed: {exc}")
         finally:  # whatever happened, the waiting callers are told
             for piece in batch:
@@ -282,7 +324,7 @@ class SqlStore(SqlStoreBase):
         """Run `batch` again in a new transaction, a savepoint around each piece, commit,
         and finish every piece."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn)
             for job in batch:
                 job.result, job.error = None, None
                 conn.execute("SAVEPOINT job")
@@ -293,20 +335,31 @@ class SqlStore(SqlStoreBase):
                                  if isinstance(exc, sqlite3.Error) else exc)
                     conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-            conn.execute("COMMIT")
+            conn.commit()
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.rollback()
             for job in batch:
                 job.result, job.error = None, StoreError(f"commit failed: {exc}")
         except BaseException:
             with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+                conn.rollback()
             for job in batch:  # finished here: their callers wait for them
                 job.finish(StoreError("commit interrupted"))
             raise
         for job in batch:
             job.finish(job.error)
+
+    def _current(self, conn: Connection, usn: str) -> SubscriptionRecord | None:
+        # two columns, not five (see _begin): the snapshot, and the rest as one JSON array
+        row = conn.execute(
+            "SELECT snapshot, json_array(sid, json(states), provision_request_id, "
+            "json(feature_ids)) FROM subscriptions WHERE usn = ?", (usn,)).fetchone()
+        if row is None:
+            return None
+        sid, states, request, feature_ids = json.loads(row[1])
+        return SubscriptionRecord(usn, sid, bytes(row[0]), states, request,
+                                  None if feature_ids is None else frozenset(feature_ids))
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -315,6 +368,12 @@ class SqlStore(SqlStoreBase):
             raise StoreError(f"store unavailable: {exc}") from exc
 
     def _migrate(self) -> None:
+        try:
+            self._conn().execute("SELECT json_array(1)")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the store needs SQLite with its JSON functions (3.38 or later, "
+                             f"or built with JSON1); this one is {sqlite3.sqlite_version}: "
+                             f"{exc}") from exc
         try:
             with self._write() as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")

@@ -94,7 +94,7 @@ def decision(usn: str, message_id: str | None = None) -> Decision:
 
 def batch_behind_a_held_commit(store: SqlStore,
                                decides: dict[str, Decide]) -> dict[str, object]:
-    """Runs `decides` concurrently while a first writer holds the gate, so that they run in
+    """Runs `decides` concurrently while a first writer leads, so that they run in
     its open transaction; returns each one's response or exception, and the COMMITs seen."""
     gate = threading.Event()
 
@@ -112,14 +112,14 @@ def batch_behind_a_held_commit(store: SqlStore,
 
     first = threading.Thread(target=write, args=("first", held))
     first.start()
-    wait_until(lambda: store._writer is not None, 5, 0.01, "the first writer to take the gate")
+    wait_until(lambda: store._writer is not None, 5, 0.01, "the first writer to lead")
     assert store._writer is not None
     statements: list[str] = []
     store._writer.set_trace_callback(statements.append)
     others = [threading.Thread(target=write, args=item) for item in decides.items()]
     for thread in others:
         thread.start()
-    wait_until(lambda: store._arriving == len(decides), 5, 0.01, "the others to wait")
+    wait_until(lambda: len(store._queue) == len(decides), 5, 0.01, "the others to wait")
     gate.set()
     for thread in [first, *others]:
         thread.join(10)
