@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import random
 import re
 import shutil
 import subprocess
@@ -150,6 +152,55 @@ def test_a_doctype_in_utf16_is_refused_after_parsing(codec: SmileXmlCodec) -> No
     data = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'
     found = codec.check(data.encode("utf-16"))
     assert found and "DOCTYPE" in found[0].message
+
+
+def test_a_doctype_in_utf16_is_refused_by_decode_too(codec: SmileXmlCodec) -> None:
+    data = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'
+    with pytest.raises(DocumentParseError, match="DOCTYPE"):
+        codec.decode(data.encode("utf-16"))
+
+
+def _mutants(count: int) -> list[bytes]:
+    """Samples with texts replaced, elements dropped or doubled, attributes changed."""
+    rng = random.Random(622)
+    values = ["", " ", "abc", "-1", "0", "99999999999999999999", "true", "2024-13-01",
+              "2024-05-01T24:00:00Z", "2024-05-01T00:00:00", " Provisioned ", "1.5", "x" * 300]
+    parser = etree.XMLParser(remove_comments=True, resolve_entities=False, no_network=True)
+    out = []
+    for _ in range(count):
+        root = etree.fromstring(rng.choice(SAMPLE_FILES).read_bytes(), parser)
+        for _ in range(rng.randint(1, 3)):
+            element = rng.choice(list(root.iter()))
+            parent = element.getparent()
+            choice = rng.random()
+            if choice < 0.4 or parent is None:
+                element.text = rng.choice(values)
+            elif choice < 0.6:
+                parent.remove(element)
+            elif choice < 0.8:
+                parent.insert(rng.randint(0, len(parent)), copy.deepcopy(element))
+            else:
+                element.set(rng.choice(["name", "key", "other"]), rng.choice(values))
+        out.append(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    return out
+
+
+def test_decode_validating_while_parsing_agrees_with_check(codec: SmileXmlCodec) -> None:
+    # decode validates in one pass as libxml2 parses; check parses, then validates the tree
+    refused = 0
+    for data in _mutants(300):
+        found = codec.check(data)
+        try:
+            codec.decode(data)
+        except DocumentInvalidError as exc:
+            if found:
+                assert exc.violations == tuple(found)
+                refused += 1
+            else:  # valid by the schema, but a value Python cannot hold
+                assert "out of range" in str(exc)
+        else:
+            assert not found, data
+    assert refused > 100  # the mutants exercise the refusing side too
 
 
 def test_a_schema_location_hint_in_a_document_is_never_followed(codec: SmileXmlCodec) -> None:
