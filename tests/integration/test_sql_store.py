@@ -84,6 +84,29 @@ def test_a_store_newer_than_the_gateway_is_refused(tmp_path) -> None:
         SqlStore(f"sqlite:///{path}")
 
 
+def test_a_sqlite_without_json_functions_is_refused_at_start(tmp_path) -> None:
+    class NoJson(SqlStore):
+        def _connect(self) -> sqlite3.Connection:
+            conn = super()._connect()  # a user function named so hides the built-in one
+            conn.create_function("json_array", -1, lambda *args: 1 / 0)
+            return conn
+
+    with pytest.raises(StoreError, match="JSON functions"):
+        NoJson(f"sqlite:///{tmp_path / 'g.db'}")
+
+
+def test_a_record_reads_back_as_written(tmp_path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    written = SubscriptionRecord("u1", 7, b"<x/>", {"order": "Completed", "service": None}, 42,
+                                 frozenset({5, 3}))
+    store.record("u1", None, lambda record, ids: Decision(written, (), (), {}))
+    store.record("u2", None, lambda record, ids: Decision(
+        SubscriptionRecord("u2", 8, b"<y/>", {}), (), (), {}))
+    assert store.subscription("u1") == written
+    assert store.subscription("u2") == SubscriptionRecord("u2", 8, b"<y/>", {}, None, None)
+    assert store.subscription("u3") is None
+
+
 # -- group commit ------------------------------------------------------------------------------
 
 def decision(usn: str, message_id: str | None = None) -> Decision:
