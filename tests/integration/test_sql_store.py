@@ -40,6 +40,8 @@ def version_one_store(path: Path) -> None:
     conn.execute("INSERT INTO schema_version VALUES (1)")
     conn.execute("INSERT INTO subscriptions (usn, sid, snapshot, states, updated_at) "
                  "VALUES (?, 173, ?, '{}', 0)", (USN, CHANGED))
+    conn.executemany("INSERT INTO history (usn, at, source, detail) VALUES (?, ?, 'smile', ?)",
+                     [(USN, at, f'{{"n": {at}}}') for at in (1, 2)])
     conn.commit()
     conn.close()
 
@@ -57,6 +59,11 @@ def test_a_version_one_store_is_migrated_and_its_snapshots_still_diff(tmp_path, 
     assert store.subscription(USN).feature_ids == frozenset({5001, 5004})
     version = sqlite3.connect(path).execute("SELECT version FROM schema_version").fetchone()
     assert version == (len(MIGRATIONS),)
+    history = store.history(USN)  # version 1's rows kept, in order, the new ones after them
+    assert [entry["detail"].get("n") for entry in history][:3] == [1, 2, None]
+    assert history[-1]["detail"]["features_added"] == [5004]
+    ids = [row[0] for row in sqlite3.connect(path).execute("SELECT id FROM history ORDER BY id")]
+    assert ids == list(range(1, len(history) + 1))
 
 
 def test_feature_ids_are_kept_beside_each_snapshot(tmp_path, settings, codec) -> None:
