@@ -216,7 +216,7 @@ def create_app(service: GatewayService, settings: Settings,
             data, message_type, headers or None,
             f"webhook:{webhook_id}" if webhook_id else None, "webhook")
         accepted_webhook.inc()
-        return Response(json.dumps(result), status=202, mimetype="application/json")
+        return Response(json.dumps(result), status=202, content_type="application/json")
 
     @app.post("/orders/events")
     def order_events() -> Response:

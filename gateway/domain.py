@@ -64,8 +64,14 @@ class Statuses:
     enable: EnableStatus
 
     def as_dict(self) -> dict[str, str]:
-        return {"provision": self.provision.value, "suspend": self.suspend.value,
-                "activate": self.activate.value, "enable": self.enable.value}
+        provision, suspend, activate, enable = self.values()
+        return {"provision": provision, "suspend": suspend, "activate": activate,
+                "enable": enable}
+
+    def values(self) -> tuple[str, str, str, str]:
+        # _value_, not .value: the property costs ten times the attribute (on every request)
+        return (self.provision._value_, self.suspend._value_, self.activate._value_,
+                self.enable._value_)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping as AnyMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.domain import (
@@ -112,6 +112,8 @@ class StateMapping:
     inbound: tuple[InboundRule, ...]
     response_statuses: tuple[str, ...]
     progress_statuses: tuple[str, ...] = ()
+    _inbound_by_flags: dict[tuple[str, str, str, str], dict[str, str | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def vocabulary(self, name: str) -> Vocabulary:
         try:
@@ -121,11 +123,14 @@ class StateMapping:
 
     def inbound_states(self, statuses: Statuses) -> dict[str, str | None]:
         """Smile flags -> {vocabulary: state or None (no change)}; first matching rule wins."""
-        flags = statuses.as_dict()
-        for rule in self.inbound:
-            if rule.matches(flags):
-                return dict(rule.states)
-        return dict.fromkeys(self.vocabularies)
+        key = statuses.values()
+        states = self._inbound_by_flags.get(key)
+        if states is None:  # there are 24 combinations of flags: each is matched once
+            flags = statuses.as_dict()
+            states = next((rule.states for rule in self.inbound if rule.matches(flags)),
+                          dict.fromkeys(self.vocabularies))
+            self._inbound_by_flags[key] = states
+        return dict(states)
 
 
 # -- loading ----------------------------------------------------------------------------------
