@@ -193,8 +193,14 @@ def test_health_readiness_metrics_and_openapi(client) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json["status"] == "ready"
     seed(client)
+    assert client.post("/smile/messages", data=b"{}",
+                       headers={"Content-Type": "application/json"}).status_code == 415
+    assert client.get("/no/such/route").status_code == 404
     metrics = client.get("/metrics").data.decode()
     assert 'smile_gateway_http_requests_total{route="/smile/messages",status="202"} 1.0' in metrics
+    assert 'smile_gateway_http_requests_total{route="/smile/messages",status="415"} 1.0' in metrics
+    assert 'smile_gateway_http_requests_total{route="(none)",status="404"} 1.0' in metrics
+    assert 'smile_gateway_http_request_seconds_count{route="/smile/messages"} 2.0' in metrics
     spec = yaml.safe_load(client.get("/openapi.yaml").data)
     assert spec["openapi"].startswith("3.")
 
