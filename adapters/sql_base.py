@@ -25,6 +25,8 @@ from gateway.ports import (
 
 T = TypeVar("T")
 
+_OUTBOX_INSERT = ("INSERT INTO outbox (channel, message_id, usn, kind, headers, body, status, "
+                  "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 OUTBOX_COLUMNS = ("id, channel, message_id, usn, kind, headers, body, status, attempts, "
                   "last_error, created_at, updated_at")
 
@@ -143,7 +145,9 @@ class SqlStoreBase:
                     "state, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
                       entry.state, json.dumps(entry.detail)) for entry in decision.history])
-            self._insert_outbox(conn, decision.outbox, now)
+            if decision.outbox:  # their ids are not needed here: no RETURNING, no fetch
+                conn.executemany(_OUTBOX_INSERT,
+                                 [self._outbox_row(item, now) for item in decision.outbox])
             if dedupe_key is not None:
                 _write_one(conn, "INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
                            (dedupe_key, json.dumps(decision.response), now))
@@ -165,21 +169,16 @@ class SqlStoreBase:
     # -- outbox -----------------------------------------------------------------------------
 
     @staticmethod
-    def _insert_outbox(conn: Connection, items: Sequence[NewOutboxItem],
-                       now: float) -> list[int]:
-        ids = []
-        for item in items:
-            row = conn.execute(
-                "INSERT INTO outbox (channel, message_id, usn, kind, headers, body, status, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (item.channel, item.message_id, item.usn, item.kind, json.dumps(item.headers),
-                 item.body, item.status, now, now)).fetchone()
-            ids.append(int(row[0]))
-        return ids
+    def _outbox_row(item: NewOutboxItem, now: float) -> tuple[Any, ...]:
+        return (item.channel, item.message_id, item.usn, item.kind, json.dumps(item.headers),
+                item.body, item.status, now, now)
 
     def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]:
         def work(conn: Connection) -> list[int]:
-            return self._insert_outbox(conn, items, self.clock())
+            now = self.clock()
+            return [int(conn.execute(_OUTBOX_INSERT + " RETURNING id",
+                                     self._outbox_row(item, now)).fetchone()[0])
+                    for item in items]
 
         return self._transact(work)
 
