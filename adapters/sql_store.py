@@ -126,8 +126,8 @@ _MAX_BATCH = 64  # pieces in one group commit, so that a steady stream still com
 # CPython 3.11's sqlite3 lets go of the GIL around each small C call it makes: five times in
 # an `execute`, and in a `fetchone` once per column plus twice. While the web server's other
 # threads want the GIL, each release hands it to one of them and costs this thread a switch
-# to get it back (measured: ten more releases per request took 13-20 % off the webhook's
-# throughput). So transactions begin and end in one release each: BEGIN through
+# to get it back (measured: ten more releases per request, as time.sleep(0), took 13-20 %
+# off the webhook's throughput). So transactions begin and end in one release each: BEGIN through
 # `executescript`, COMMIT and ROLLBACK through the connection's own `commit` and `rollback`
 # (which are no-ops outside a transaction); and the hot reads fetch few columns.
 
@@ -271,8 +271,13 @@ class SqlStore(SqlStoreBase):
                     taken, self._queue[:room] = self._queue[:room], []
                 if not taken:
                     break
-                for job in taken:
-                    self._run_open(job)
+                for index, job in enumerate(taken):
+                    try:
+                        self._run_open(job)
+                    except BaseException:  # e.g. KeyboardInterrupt: no piece is left waiting
+                        for rest in taken[index + 1:]:
+                            rest.finish(StoreError("commit interrupted"))
+                        raise
                 if len(self._open) >= _MAX_BATCH:
                     break
             if self._open:

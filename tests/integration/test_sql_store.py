@@ -207,6 +207,45 @@ def test_a_piece_failing_after_writing_is_undone_alone(tmp_path) -> None:
     assert calls.count("b") == 1 and calls.count("a") in (1, 2)  # "a" again if before "b"
 
 
+def test_an_interrupted_leader_leaves_no_writer_waiting(tmp_path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    gate = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def held(record, ids) -> Decision:
+        gate.wait(10)
+        return decision("first")
+
+    def interrupted(record, ids) -> Decision:
+        raise KeyboardInterrupt
+
+    def write(usn: str, decide: Decide) -> None:
+        try:
+            outcomes[usn] = store.record(usn, None, decide)[0]
+        except BaseException as exc:  # handed back to the test, KeyboardInterrupt too
+            outcomes[usn] = exc
+
+    threads = [threading.Thread(target=write, args=("first", held))]
+    threads[0].start()
+    wait_until(lambda: store._writer is not None, 5, 0.01, "the first writer to lead")
+    for queued, (usn, decide) in enumerate([("a", lambda r, i: decision("a")),
+                                            ("b", interrupted),
+                                            ("c", lambda r, i: decision("c"))], start=1):
+        threads.append(threading.Thread(target=write, args=(usn, decide)))
+        threads[-1].start()  # queued in this order
+        wait_until(lambda q=queued: len(store._queue) == q, 5, 0.01, "it to queue")
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)  # nobody left waiting
+    assert isinstance(outcomes.pop("first"), KeyboardInterrupt)  # raised in the leader
+    assert all(isinstance(o, StoreError) and "interrupted" in str(o) for o in outcomes.values())
+    assert sorted(outcomes) == ["a", "b", "c"]
+    assert all(store.subscription(u) is None for u in ("first", "a", "b", "c"))
+    store.record("d", None, lambda record, ids: decision("d"))  # and the store works on
+    assert store.subscription("d") is not None
+
+
 def test_a_lone_piece_failing_after_writing_leaves_nothing(tmp_path) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
     store.enqueue([NewOutboxItem(BROKER, "taken", "x", "SubscriptionUpdated", {}, b"<x/>")])
