@@ -124,7 +124,8 @@ class BrokerRelay:
 
 
 class ForwardRelay:
-    """Delivers pending forward rows to the order system, one at a time, in order."""
+    """Delivers pending forward rows to the order system, one at a time, in order per
+    subscription."""
 
     def __init__(self, store: Store, forwarder: Forwarder, settings: ForwardSettings,
                  clock: Callable[[], float] = time.time) -> None:
@@ -135,22 +136,35 @@ class ForwardRelay:
         self.wake = threading.Event()
 
     def run_once(self, limit: int = 50) -> int:
-        done = 0
-        for item in self.store.claim(FORWARD, limit, self.clock()):
-            try:
-                self.forwarder.forward(item)
-            except ForwardError as exc:
-                tries = item.attempts + 1
-                dead = not exc.retryable or tries >= self.settings.attempts
-                log.warning("forward failed outbox_id=%d attempt=%d dead=%s error=%s",
-                            item.id, tries, dead, exc)
-                self.store.mark_failed(item.id, str(exc),
-                                       self.clock() + retry_delay(tries, self.settings.backoff_s),
-                                       dead)
-                continue
-            self.store.mark_sent([item.id])
-            done += 1
-        return done
+        """Deliver the claimed rows oldest first. After a row that will be retried, the later
+        rows of its subscription wait for it (per-subscription order). The delivered rows are
+        marked sent together when the batch ends: one commit, not one per row (a crash before
+        it sends them again, with the same Idempotency-Key)."""
+        sent: list[int] = []
+        waiting: set[str] = set()  # subscriptions whose earlier row is to be retried
+        try:
+            for item in self.store.claim(FORWARD, limit, self.clock()):
+                if item.usn in waiting:
+                    continue
+                try:
+                    self.forwarder.forward(item)
+                except ForwardError as exc:
+                    tries = item.attempts + 1
+                    dead = not exc.retryable or tries >= self.settings.attempts
+                    log.warning("forward failed outbox_id=%d attempt=%d dead=%s error=%s",
+                                item.id, tries, dead, exc)
+                    self.store.mark_failed(item.id, str(exc),
+                                           self.clock() + retry_delay(tries,
+                                                                      self.settings.backoff_s),
+                                           dead)
+                    if not dead:
+                        waiting.add(item.usn)
+                    continue
+                sent.append(item.id)
+        finally:
+            if sent:
+                self.store.mark_sent(sent)
+        return len(sent)
 
     def run(self, stop: threading.Event, idle_s: float = 0.5) -> None:
         log.info("forward relay started url=%s", self.settings.url)

@@ -96,3 +96,22 @@ def test_bounded_attempts_end_in_a_dead_letter(setup) -> None:
     [dead] = store.outbox(DEAD)
     assert dead.attempts == 3
     assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_a_retried_event_keeps_the_later_events_of_its_subscription_waiting(setup) -> None:
+    service, relay, store = setup
+    responses.post(URL, status=503)  # the first attempt at the first event
+    responses.post(URL, status=200)
+    activated = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+    suspended = activated.replace(b"<SuspendStatus>Active</SuspendStatus>",
+                                  b"<SuspendStatus>Suspended</SuspendStatus>")
+    service.accept_smile_document(activated, "SubscriptionActivated")
+    service.accept_smile_document(suspended, "SubscriptionSuspended")
+    assert relay.run_once() == 0  # the second did not overtake the first
+    assert len(responses.calls) == 1
+    assert relay.run_once() == 2
+    delivered = [json.loads(call.request.body)["smileMessageType"]
+                 for call in responses.calls[1:]]
+    assert delivered == ["SubscriptionActivated", "SubscriptionSuspended"]
+    assert store.outbox(PENDING) == [] and len(store.outbox(SENT)) == 2
