@@ -81,13 +81,18 @@ def gateway_env(store_url: str, port: int, threads: int) -> dict[str, str]:
     return env
 
 
-def wait_up(port: int) -> None:
+def wait_up(port: int, path: str | None = "/healthz") -> None:
+    """Until the server on `port` answers GET `path` (None: accepts a connection)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz")
-            conn.getresponse().read()
+            if path is None:
+                conn.connect()
+            else:
+                conn.request("GET", path)
+                conn.getresponse().read()
+            conn.close()
             return
         except OSError:
             time.sleep(0.1)
@@ -155,15 +160,7 @@ def event_sink() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen([sys.executable, "-c", SINK_APP, str(port)])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=1).connect()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("webhook: the event sink did not start") from None
-                time.sleep(0.1)
+        wait_up(port, None)
         yield f"http://127.0.0.1:{port}/events"
     finally:
         process.terminate()
@@ -205,13 +202,7 @@ def compare(env: dict[str, str], port: int, args: argparse.Namespace) -> Results
                              str(args.threads)])
     try:
         wait_up(port)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the bare app has no /healthz: any answer
-            try:
-                http.client.HTTPConnection("127.0.0.1", bare_port, timeout=1).connect()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_up(bare_port, None)  # the bare app has no /healthz
         ports = {"gateway": port, "bare": bare_port}
         for each in ports.values():  # warm up both
             load(each, 300, args.clients)
