@@ -16,6 +16,7 @@ from gateway.domain import (
     ActivateStatus,
     Cycle,
     Document,
+    DocumentOutline,
     EnableStatus,
     Feature,
     KeyedText,
@@ -224,7 +225,9 @@ class SmileXmlCodec:
             return list(exc.violations)
         return self.violations(root, data)
 
-    def decode(self, data: bytes) -> Document:
+    def _validated_root(self, data: bytes) -> etree._Element:
+        """The parsed tree of a document that passed the schema; DocumentParseError or
+        DocumentInvalidError (every violation) otherwise."""
         self._refuse_unsafe(data)
         root: etree._Element | None
         try:
@@ -241,8 +244,19 @@ class SmileXmlCodec:
                 raise DocumentInvalidError(
                     f"{len(found)} schema violation(s); first at line {first.line}: "
                     f"{clip(first.message)}", found)
+        return root
+
+    def decode(self, data: bytes) -> Document:
+        root = self._validated_root(data)
         try:
             return _read_document(root)
+        except _ValueProblem as exc:
+            raise DocumentInvalidError(str(exc), [exc.violation]) from exc
+
+    def outline(self, data: bytes) -> DocumentOutline:
+        root = self._validated_root(data)
+        try:
+            return _read_outline(root)
         except _ValueProblem as exc:
             raise DocumentInvalidError(str(exc), [exc.violation]) from exc
 
@@ -330,25 +344,50 @@ _CONVERTERS: dict[str, tuple[PropertyType, Callable[[str], PropertyValue]]] = {
 }
 
 
+# The value types whose schema-valid text Python may still refuse (year 0 or past 9999,
+# 24:00:00): the outline converts these, so that it refuses what the whole read refuses.
+_RANGED: dict[str, Callable[[str], PropertyValue]] = {
+    _q(PropertyType.DATE.value): _date, _q(PropertyType.TIMESTAMP.value): parse_datetime}
+
+
+def _value(child: etree._Element, convert: Callable[[str], PropertyValue]) -> PropertyValue:
+    text = child.text
+    if not text:  # an empty element is Smile's "no value"
+        return None
+    try:
+        return convert(text)
+    except (ValueError, InvalidOperation) as exc:
+        raise _ValueProblem(child, f"value {clip(text)!r} is out of range: {exc}") from exc
+
+
 def _read_object(obj: etree._Element) -> tuple[Property, ...]:
     values = []
     for child in obj:
         kind, convert = _CONVERTERS[child.tag]
-        text = child.text
-        value: PropertyValue = None
-        if text:  # an empty element is Smile's "no value"
-            try:
-                value = convert(text)
-            except (ValueError, InvalidOperation) as exc:
-                raise _ValueProblem(
-                    child, f"value {clip(text)!r} is out of range: {exc}") from exc
-        values.append(Property(kind, child.get("name", ""), value))
+        values.append(Property(kind, child.get("name", ""), _value(child, convert)))
     return tuple(values)
+
+
+def _start(element: etree._Element) -> datetime:
+    try:
+        return parse_datetime(_text(element))
+    except ValueError as exc:
+        raise _ValueProblem(element, f"dateTime out of range: {exc}") from exc
 
 
 def _read_cycle(element: etree._Element) -> Cycle:
     cycle_type, cycle_day = element
     return Cycle(_text(cycle_type).strip(), int(_text(cycle_day)))
+
+
+def _statuses(provision: etree._Element, suspend: etree._Element,
+              activate: etree._Element, enable: etree._Element) -> Statuses:
+    return Statuses(
+        _PROVISION_STATUSES[(provision.text or "").strip()],
+        _SUSPEND_STATUSES[(suspend.text or "").strip()],
+        _ACTIVATE_STATUSES[(activate.text or "").strip()],
+        _ENABLE_STATUSES[(enable.text or "").strip()],
+    )
 
 
 # The readers below take children by position: every content model here is an xs:sequence,
@@ -377,12 +416,7 @@ def _read_subscription(element: etree._Element) -> Subscription:
         service_name.text or "",
         (parent.text or "").strip(),
         _read_object(properties[0]),
-        Statuses(
-            _PROVISION_STATUSES[(provision.text or "").strip()],
-            _SUSPEND_STATUSES[(suspend.text or "").strip()],
-            _ACTIVATE_STATUSES[(activate.text or "").strip()],
-            _ENABLE_STATUSES[(enable.text or "").strip()],
-        ),
+        _statuses(provision, suspend, activate, enable),
         accessory, invoicing, rating, timezone, cost_centre,
     )
 
@@ -394,12 +428,7 @@ def _read_feature(element: etree._Element) -> Feature:
 
 def _read_plan(element: etree._Element) -> PlanScheduleItem:
     children = list(element)
-    start = None
-    if len(children) > 2:
-        try:
-            start = parse_datetime(_text(children[2]))
-        except ValueError as exc:
-            raise _ValueProblem(children[2], f"dateTime out of range: {exc}") from exc
+    start = _start(children[2]) if len(children) > 2 else None
     return PlanScheduleItem(_text(children[0]).strip(), int(_text(children[1])), start)
 
 
@@ -419,6 +448,44 @@ def _read_document(root: etree._Element) -> Document:
         _text(children[1]).strip(),
         _text(children[2]) if len(children) > 2 else None,
     )
+
+
+def _check_object(obj: etree._Element) -> None:
+    """Converts the Object's Date and Timestamp values as the whole read would."""
+    for child in obj:
+        convert = _RANGED.get(child.tag)
+        if convert is not None:
+            _value(child, convert)
+
+
+def _read_outline(root: etree._Element) -> DocumentOutline:
+    """The outline of a validated tree. It converts what the whole read might refuse (Date
+    and Timestamp values, the plans' Start), so that both refuse the same documents."""
+    tag = root.tag
+    if tag == _FEATURES_UPDATE:
+        subscription, features, plans = root
+        ids = []
+        for feature in features:
+            feature_id, _, obj = feature
+            ids.append(int(_text(feature_id)))
+            _check_object(obj)
+        for plan in plans:  # PlanCode, PlanScheduleType, Start?
+            if len(plan) > 2:
+                _start(plan[2])
+        body: type[SubscriptionFeaturesUpdate | SubscriptionUpdated] = \
+            SubscriptionFeaturesUpdate
+        feature_ids = frozenset(ids)
+    elif tag == _UPDATED:
+        subscription = root[0]
+        body, feature_ids = SubscriptionUpdated, frozenset()
+    else:  # provisionRequestId, status, message?
+        return DocumentOutline(SubscriptionProvisionResponse,
+                               provision_request_id=int(_text(root[0])),
+                               status=_text(root[1]).strip())
+    usn, sid, _, _, properties, provision, suspend, activate, enable = subscription[:9]
+    _check_object(properties[0])
+    return DocumentOutline(body, (usn.text or "").strip(), int(sid.text or ""),
+                           _statuses(provision, suspend, activate, enable), feature_ids)
 
 
 # ---------------------------------------------------------------------------------------------

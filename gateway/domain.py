@@ -159,6 +159,38 @@ def subscription_of(document: Document) -> Subscription | None:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentOutline:
+    """What the inbound path needs of a validated document: its body, the subscription's
+    identity and flags, its FeatureIds, and a provisioning response's fields.
+
+    The codec reads it without building the whole model (properties, cycles, plans), which
+    cost as much as parsing and validating the document; `Codec.decode` reads the rest when a
+    use case needs it. For a SubscriptionProvisionResponse, usn, sid and statuses are None.
+    """
+
+    body: type[SubscriptionFeaturesUpdate | SubscriptionUpdated | SubscriptionProvisionResponse]
+    usn: str | None = None
+    sid: int | None = None
+    statuses: Statuses | None = None
+    feature_ids: frozenset[int] = frozenset()  # empty for a body without features
+    provision_request_id: int | None = None
+    status: str | None = None
+
+
+def outline_of(document: Document) -> DocumentOutline:
+    """The outline of a whole document (what `Codec.outline` reads of its XML)."""
+    if isinstance(document, SubscriptionProvisionResponse):
+        return DocumentOutline(SubscriptionProvisionResponse,
+                               provision_request_id=document.provision_request_id,
+                               status=document.status)
+    sub = document.subscription
+    if isinstance(document, SubscriptionFeaturesUpdate):
+        return DocumentOutline(SubscriptionFeaturesUpdate, sub.usn, sub.sid, sub.statuses,
+                               document.feature_ids())
+    return DocumentOutline(SubscriptionUpdated, sub.usn, sub.sid, sub.statuses)
+
+
+@dataclass(frozen=True, slots=True)
 class MessageType:
     """A Smile message: its `smileMessageType`, the body it carries, the headers it must have."""
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.domain import Document
+from gateway.domain import Document, DocumentOutline
 from gateway.errors import Violation
 
 
@@ -19,6 +19,11 @@ class Codec(Protocol):
 
     def decode(self, data: bytes) -> Document:
         """Parse and validate; raises DocumentParseError or DocumentInvalidError."""
+        ...
+
+    def outline(self, data: bytes) -> DocumentOutline:
+        """Parse and validate as `decode` does, refusing the same documents with the same
+        errors, but read only the document's outline."""
         ...
 
     def encode(self, document: Document) -> bytes:

@@ -22,6 +22,7 @@ from gateway.domain import (
     SubscriptionProvisionResponse,
     SubscriptionUpdated,
     SuspendStatus,
+    outline_of,
     subscription_of,
 )
 from gateway.errors import (
@@ -182,26 +183,26 @@ class GatewayService:
                 headers: Mapping[str, str] | None, dedupe_key: str | None,
                 source: str) -> tuple[dict[str, Any], bool]:
         translation = self.translator.from_smile(data, message_type, headers)
-        document = translation.document
-        sub = subscription_of(document)
+        outline = translation.outline
         given = dict(headers or {})
-        usn = sub.usn if sub is not None else given.get("usn", "")
+        usn = outline.usn if outline.usn is not None else given.get("usn", "")
         written: list[NewOutboxItem] = []
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
             written.clear()  # a retried transaction decides again
             previous = None
-            if record is not None and not isinstance(document, SubscriptionFeaturesUpdate):
+            if record is not None and outline.body is SubscriptionUpdated:
                 previous = self._snapshot(record)  # merged below: needs the whole document
             before = frozenset() if record is None else self._feature_ids(record)
-            added, removed = feature_diff(document, before)
+            added, removed = feature_diff(outline, before)
             response = translation.as_dict()
             response["features_added"], response["features_removed"] = list(added), list(removed)
             history = []
             new = None
-            if sub is not None:
+            statuses = outline.statuses
+            if statuses is not None and outline.usn is not None and outline.sid is not None:
                 states = self._states(record)
-                flags = sub.statuses.as_dict()
+                flags = statuses.as_dict()
                 for vocabulary, state in translation.states.items():
                     if state is not None and states.get(vocabulary) != state:
                         history.append(HistoryEntry(
@@ -217,22 +218,22 @@ class GatewayService:
                     history.append(HistoryEntry(source, dedupe_key, None, None, None, {
                         "smileMessageType": translation.smile_message_type,
                         "statuses": flags}))
-                snapshot = self._new_snapshot(document, previous, data)
-                kept = previous if previous is not None else document
-                feature_ids = (kept.feature_ids() if isinstance(kept, SubscriptionFeaturesUpdate)
-                               else frozenset())
+                snapshot = self._new_snapshot(previous, data)
+                feature_ids = (previous.feature_ids() if previous is not None
+                               else outline.feature_ids)
                 request = record.provision_request_id if record is not None else None
                 mtype = translation.smile_message_type
                 if mtype == "SubscriptionReadyToProvision" and given.get("provisionRequestId"):
                     request = int(given["provisionRequestId"])
                 elif mtype in ("SubscriptionProvisioned", "SubscriptionClosed"):
                     request = None
-                new = SubscriptionRecord(sub.usn, sub.sid, snapshot, states, request, feature_ids)
-            elif isinstance(document, SubscriptionProvisionResponse):
+                new = SubscriptionRecord(outline.usn, outline.sid, snapshot, states, request,
+                                         feature_ids)
+            elif outline.body is SubscriptionProvisionResponse:
                 history.append(HistoryEntry(source, dedupe_key, None, None, None, {
                     "smileMessageType": "SubscriptionProvisionResponse",
-                    "provisionRequestId": document.provision_request_id,
-                    "status": document.status}))
+                    "provisionRequestId": outline.provision_request_id,
+                    "status": outline.status}))
             if self.settings.forward.url:
                 event_id = str(uuid.uuid4())
                 event = {"eventId": event_id, "source": source, "dedupeKey": dedupe_key,
@@ -248,14 +249,14 @@ class GatewayService:
             self._wake(written)
         return response, duplicate
 
-    def _new_snapshot(self, document: Document, previous: SubscriptionFeaturesUpdate | None,
-                      data: bytes) -> bytes:
-        if isinstance(document, SubscriptionFeaturesUpdate):
-            return data  # validated as received: kept byte for byte
+    def _new_snapshot(self, previous: SubscriptionFeaturesUpdate | None, data: bytes) -> bytes:
+        """The document as received (validated: kept byte for byte), or, for a
+        SubscriptionUpdated/Closed, the stored snapshot with the new subscription in it."""
+        if previous is None:
+            return data
+        document = self.codec.decode(data)  # the whole subscription this time
         assert isinstance(document, SubscriptionUpdated)
-        if previous is not None:
-            return self.codec.encode(replace(previous, subscription=document.subscription))
-        return data
+        return self.codec.encode(replace(previous, subscription=document.subscription))
 
     def consume(self, headers: Mapping[str, str], body: bytes) -> str:
         """One message from the broker: 'own', 'duplicate', 'accepted' or 'dead-letter'.
@@ -301,7 +302,7 @@ class GatewayService:
                 if "commandID" in mtype.headers:
                     headers["command"] = "provision"
                     headers["commandID"] = str(ids.next_provision_request_id())
-                check_message(message_type, document, headers)  # body and headers agree
+                check_message(message_type, outline_of(document), headers)  # they agree
                 message_id = str(uuid.uuid4())
                 headers.update({"gateway-message-id": message_id, "correlation-id": correlation,
                                 ORIGIN_HEADER: self.settings.emission.origin})

@@ -10,6 +10,7 @@ from gateway.domain import (
     INTEGER_HEADERS,
     MESSAGE_TYPES,
     Document,
+    DocumentOutline,
     MessageType,
     Statuses,
     SubscriptionFeaturesUpdate,
@@ -60,27 +61,28 @@ class InboundTranslation:
     """What a Smile document means for the internal states (None = no change)."""
 
     smile_message_type: str | None
-    document: Document
+    outline: DocumentOutline
     states: dict[str, str | None]
     features_added: tuple[int, ...] = ()
     features_removed: tuple[int, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
-        sub = subscription_of(self.document)
+        outline = self.outline
+        statuses = outline.statuses
         out: dict[str, object] = {
             "smileMessageType": self.smile_message_type,
-            "usn": sub.usn if sub else None,
-            "sid": sub.sid if sub else None,
-            "statuses": sub.statuses.as_dict() if sub else None,
+            "usn": outline.usn,
+            "sid": outline.sid,
+            "statuses": statuses.as_dict() if statuses is not None else None,
         }
         for vocabulary, state in self.states.items():
             out[state_key(vocabulary)] = state
         out["features_added"] = list(self.features_added)
         out["features_removed"] = list(self.features_removed)
-        if isinstance(self.document, SubscriptionProvisionResponse):
-            out["provisionRequestId"] = self.document.provision_request_id
-            out["status"] = self.document.status
+        if outline.body is SubscriptionProvisionResponse:
+            out["provisionRequestId"] = outline.provision_request_id
+            out["status"] = outline.status
         return out
 
 
@@ -181,64 +183,64 @@ class Translator:
     def from_smile(self, data: bytes, message_type: str | None = None,
                    headers: Mapping[str, str] | None = None,
                    previous: SubscriptionFeaturesUpdate | None = None) -> InboundTranslation:
-        """Decode, check the body against its message type and headers, map the flags."""
-        document = self.codec.decode(data)
+        """Validate, check the body against its message type and headers, map the flags.
+        Reads the document's outline only: the states and the diff need no more."""
+        outline = self.codec.outline(data)
         given = dict(headers or {})
         message_type = message_type or given.get("smileMessageType") or None
         if message_type is not None:
-            check_message(message_type, document, headers)
-        sub = subscription_of(document)
-        if sub is None:
+            check_message(message_type, outline, headers)
+        if outline.statuses is None:
             states: dict[str, str | None] = dict.fromkeys(self.mapping.vocabularies)
-            return InboundTranslation(message_type, document, states, headers=given)
-        states = self.mapping.inbound_states(sub.statuses)
+            return InboundTranslation(message_type, outline, states, headers=given)
+        states = self.mapping.inbound_states(outline.statuses)
         before = previous.feature_ids() if previous is not None else frozenset()
-        added, removed = feature_diff(document, before)
-        return InboundTranslation(message_type, document, states, added, removed, given)
+        added, removed = feature_diff(outline, before)
+        return InboundTranslation(message_type, outline, states, added, removed, given)
 
 
-def feature_diff(document: Document,
+def feature_diff(outline: DocumentOutline,
                  before: frozenset[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """FeatureIds added and removed against a snapshot's (Smile sends the whole set)."""
-    if not isinstance(document, SubscriptionFeaturesUpdate):
+    if outline.body is not SubscriptionFeaturesUpdate:
         return (), ()
-    now = document.feature_ids()
+    now = outline.feature_ids
     return tuple(sorted(now - before)), tuple(sorted(before - now))
 
 
-def check_message(message_type: str, document: Document,
+def check_message(message_type: str, outline: DocumentOutline,
                   headers: Mapping[str, str] | None) -> None:
     """The body must be the type's body; given headers must be complete and agree with it."""
     mtype = MESSAGE_TYPES.get(message_type)
     if mtype is None:
         raise MappingError(f"unknown smileMessageType {message_type!r}", MESSAGE_TYPES)
-    if not isinstance(document, mtype.body):
+    if outline.body is not mtype.body:
         problem = (f"{message_type} carries {mtype.body.__name__}, "
-                   f"found {type(document).__name__}")
+                   f"found {outline.body.__name__}")
         raise DocumentInvalidError(problem, [Violation(1, 1, "/", problem)])
     if headers is None:
         return
     problems = []
-    sub = subscription_of(document)
+    usn, sid = outline.usn, outline.sid
     for name in mtype.headers:
         value = headers.get(name)
-        if value in (None, "") and sub is not None and name in ("usn", "sid"):
+        if value in (None, "") and usn is not None and name in ("usn", "sid"):
             continue  # the body carries them; when both are given they must agree (below)
         if value in (None, ""):
             problems.append(f"header {name} is required for {message_type}")
         elif name in INTEGER_HEADERS and not _is_integer(value):
             problems.append(f"header {name} must be an integer, found {value!r}")
-    if sub is not None:
-        if headers.get("usn") not in (None, "") and headers["usn"] != sub.usn:
-            problems.append(f"header usn={headers['usn']!r} but the body has USN {sub.usn!r}")
+    if usn is not None:
+        if headers.get("usn") not in (None, "") and headers["usn"] != usn:
+            problems.append(f"header usn={headers['usn']!r} but the body has USN {usn!r}")
         if headers.get("sid") not in (None, "") and _is_integer(headers["sid"]) \
-                and int(headers["sid"]) != sub.sid:
-            problems.append(f"header sid={headers['sid']!r} but the body has SID {sub.sid}")
-    if isinstance(document, SubscriptionProvisionResponse):
+                and int(headers["sid"]) != sid:
+            problems.append(f"header sid={headers['sid']!r} but the body has SID {sid}")
+    if outline.body is SubscriptionProvisionResponse:
         rid = headers.get("provisionRequestId")
-        if rid not in (None, "") and _is_integer(rid) and int(rid) != document.provision_request_id:
+        if rid not in (None, "") and _is_integer(rid) and int(rid) != outline.provision_request_id:
             problems.append(f"header provisionRequestId={rid!r} but the body has "
-                            f"{document.provision_request_id}")
+                            f"{outline.provision_request_id}")
     if problems:
         raise DocumentInvalidError("; ".join(problems),
                                    [Violation(0, 0, "", p) for p in problems])

@@ -28,6 +28,7 @@ from gateway.domain import (
     SubscriptionFeaturesUpdate,
     SubscriptionProvisionResponse,
     SubscriptionUpdated,
+    outline_of,
 )
 from gateway.errors import DocumentInvalidError, DocumentParseError
 from tests.conftest import INVALID, SAMPLES, XSD
@@ -203,6 +204,24 @@ def test_decode_validating_while_parsing_agrees_with_check(codec: SmileXmlCodec)
     assert refused > 100  # the mutants exercise the refusing side too
 
 
+def test_the_outline_refuses_and_reads_what_the_whole_read_does(codec: SmileXmlCodec) -> None:
+    # outline reads a few elements only; it must refuse the same documents, with the same
+    # violations, and agree with the whole read on what it reads
+    refused = out_of_range = 0
+    for data in _mutants(300):
+        try:
+            document = codec.decode(data)
+        except DocumentInvalidError as exc:
+            with pytest.raises(DocumentInvalidError) as caught:
+                codec.outline(data)
+            assert caught.value.violations == exc.violations, data
+            refused += 1
+            out_of_range += "out of range" in str(exc)
+        else:
+            assert codec.outline(data) == outline_of(document), data
+    assert refused > 100 and out_of_range > 0
+
+
 def test_a_schema_location_hint_in_a_document_is_never_followed(codec: SmileXmlCodec) -> None:
     # The hint names tests/data/invalid/permissive.xsd, which would accept the document.
     found = codec.check((INVALID / "schema-location-hint-ignored.xml").read_bytes())
@@ -213,9 +232,28 @@ def test_a_value_xsd_accepts_but_python_cannot_hold_is_a_located_violation(
         codec: SmileXmlCodec) -> None:
     data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes().replace(
         b"2012-08-08T00:00:00.000+10:00", b"2012-08-08T24:00:00.000+10:00")
-    with pytest.raises(DocumentInvalidError) as caught:
-        codec.decode(data)
-    assert caught.value.violations[0].path.endswith("/PlanScheduleItem/Start")
+    for read in (codec.decode, codec.outline):
+        with pytest.raises(DocumentInvalidError) as caught:
+            read(data)
+        assert caught.value.violations[0].path.endswith("/PlanScheduleItem/Start")
+
+
+@pytest.mark.parametrize("where", ["Properties", "ActiveFeatures"])
+@pytest.mark.parametrize("value", [b"10000-01-01T00:00:00Z", b"2024-05-01T24:00:00Z"])
+def test_a_timestamp_python_cannot_hold_is_refused_by_the_outline_too(
+        codec: SmileXmlCodec, where: str, value: bytes) -> None:
+    data = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+    timestamp = b'<Timestamp name="installed">' + value + b"</Timestamp>"
+    if where == "Properties":
+        data = data.replace(b"<Boolean name", timestamp + b"<Boolean name", 1)
+    else:
+        data = data.replace(b'<Integer name="dataGb">', timestamp + b'<Integer name="dataGb">')
+    assert codec.check(data) == []  # the schema takes it; Python's datetime cannot hold it
+    for read in (codec.decode, codec.outline):
+        with pytest.raises(DocumentInvalidError) as caught:
+            read(data)
+        assert "/Object/Timestamp" in caught.value.violations[0].path, read
+        assert "out of range" in caught.value.violations[0].message
 
 
 def test_status_enumerations_in_the_schema_match_the_domain_enums() -> None:
@@ -306,7 +344,9 @@ _documents = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_documents)
 def test_any_document_survives_a_round_trip(codec: SmileXmlCodec, document) -> None:
-    assert codec.decode(codec.encode(document)) == document
+    data = codec.encode(document)
+    assert codec.decode(data) == document
+    assert codec.outline(data) == outline_of(document)
 
 
 def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:

@@ -186,7 +186,7 @@ def test_random_legal_walks_render_valid_documents_that_read_back_consistently(
                                          message.headers)
             if message.smile_message_type == "SubscriptionProvisionResponse":
                 continue
-            assert back.document.subscription.statuses == result.statuses
+            assert back.outline.statuses == result.statuses
             assert back.states == settings.mapping.inbound_states(result.statuses)
             if state in FIXED_POINTS[vocabulary]:
                 assert back.states[vocabulary] == state
