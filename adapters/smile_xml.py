@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import TypeVar
 
 from lxml import etree
 
@@ -39,6 +40,7 @@ from gateway.errors import (
     clip,
 )
 
+T = TypeVar("T")
 DEFAULT_MAX_BYTES = 1024 * 1024
 # Written by hand: lxml's own declaration uses single quotes, Smile's documents double ones.
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -246,19 +248,19 @@ class SmileXmlCodec:
                     f"{clip(first.message)}", found)
         return root
 
-    def decode(self, data: bytes) -> Document:
+    def _read(self, data: bytes, reader: Callable[[etree._Element], T]) -> T:
+        """`reader` over the validated tree; a value it cannot hold is a located violation."""
         root = self._validated_root(data)
         try:
-            return _read_document(root)
+            return reader(root)
         except _ValueProblem as exc:
             raise DocumentInvalidError(str(exc), [exc.violation]) from exc
 
+    def decode(self, data: bytes) -> Document:
+        return self._read(data, _read_document)
+
     def outline(self, data: bytes) -> DocumentOutline:
-        root = self._validated_root(data)
-        try:
-            return _read_outline(root)
-        except _ValueProblem as exc:
-            raise DocumentInvalidError(str(exc), [exc.violation]) from exc
+        return self._read(data, _read_outline)
 
     def feature_ids(self, data: bytes) -> frozenset[int]:
         root = etree.fromstring(data, self._parser())
