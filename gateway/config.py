@@ -244,6 +244,9 @@ def _message_types(raw: Any, key: str) -> dict[str, bool]:
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# Keys that count something there must be at least one of.
+_COUNTS = (("broker", "max_in_flight"), ("emission", "max_attempts"), ("webhook", "threads"),
+           ("webhook", "max_body_bytes"), ("forward", "attempts"))
 
 
 def redact_url(url: str) -> str:
@@ -318,4 +321,8 @@ def load_settings(path: str | Path | None = None,
                               ("/queue/NAME", "/topic/NAME"))
     if sections["webhook"].secret:
         secret_key(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
+    for name, key in _COUNTS:
+        if getattr(sections[name], key) < 1:
+            raise ConfigError(f"{name}.{key}",
+                              f"must be at least 1, found {getattr(sections[name], key)}")
     return Settings(mapping=load_mapping(data.get("mapping")), source=source, **sections)

@@ -65,6 +65,8 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("schema:\n  path: nowhere.xsd\n", "schema.path", "no schema file"),
     ("logging:\n  level: LOUD\n", "logging.level", "unknown level"),
     ("broker: [1, 2\n", "", "not valid YAML at line"),
+    ("webhook:\n  threads: -2\n", "webhook.threads", "must be at least 1, found -2"),
+    ("forward:\n  attempts: 0\n", "forward.attempts", "must be at least 1"),
 ])
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     cfg = tmp_path / "bad.yaml"
