@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import requests
 
 from gateway.config import ForwardSettings
@@ -18,7 +20,19 @@ class RequestsForwarder:
 
     def __init__(self, settings: ForwardSettings, session: requests.Session | None = None) -> None:
         self.settings = settings
-        self.session = session or requests.Session()
+        self._shared = session
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """The given session, else one per sending thread (a Session is not thread-safe);
+        each keeps its connection to the order system alive."""
+        if self._shared is not None:
+            return self._shared
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
 
     def forward(self, item: OutboxItem) -> None:
         headers = {"Content-Type": "application/json",

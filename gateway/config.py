@@ -92,6 +92,7 @@ class ForwardSettings:
     timeout_s: float
     attempts: int
     backoff_s: float
+    concurrency: int = 4
     token: str = ""
 
 
@@ -246,7 +247,7 @@ def _message_types(raw: Any, key: str) -> dict[str, bool]:
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # Keys that count something there must be at least one of.
 _COUNTS = (("broker", "max_in_flight"), ("emission", "max_attempts"), ("webhook", "threads"),
-           ("webhook", "max_body_bytes"), ("forward", "attempts"))
+           ("webhook", "max_body_bytes"), ("forward", "attempts"), ("forward", "concurrency"))
 
 
 def redact_url(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -115,3 +116,88 @@ def test_a_retried_event_keeps_the_later_events_of_its_subscription_waiting(setu
                  for call in responses.calls[1:]]
     assert delivered == ["SubscriptionActivated", "SubscriptionSuspended"]
     assert store.outbox(PENDING) == [] and len(store.outbox(SENT)) == 2
+
+
+ACTIVATED = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+SUSPENDED = ACTIVATED.replace(b"<SuspendStatus>Active</SuspendStatus>",
+                              b"<SuspendStatus>Suspended</SuspendStatus>")
+
+
+def accept_for(service: GatewayService, usns: list[str], rounds: int) -> None:
+    """`rounds` events for each subscription, alternately activated and suspended."""
+    for n in range(rounds):
+        for usn in usns:
+            body, mtype = ((ACTIVATED, "SubscriptionActivated") if n % 2 == 0
+                           else (SUSPENDED, "SubscriptionSuspended"))
+            service.accept_smile_document(
+                body.replace(b"<USN>2142426765</USN>", f"<USN>{usn}</USN>".encode()), mtype)
+
+
+def sent_order(store) -> dict[str, list[str]]:
+    """Each subscription's event ids in the order they were queued."""
+    order: dict[str, list[str]] = {}
+    for item in sorted(store.outbox(SENT), key=lambda i: i.id):
+        order.setdefault(item.usn, []).append(item.message_id)
+    return order
+
+
+@responses.activate
+def test_subscriptions_are_delivered_at_once_each_in_its_order(setup) -> None:
+    service, relay, store = setup
+    usns = ["9000001", "9000002", "9000003"]
+    # Each POST waits until one POST of every subscription is in flight: a relay sending one
+    # event at a time breaks the barrier (its timeout) and is answered 500.
+    together = threading.Barrier(len(usns), timeout=10)
+    received: dict[str, list[str]] = {}
+
+    def order_system(request):
+        try:
+            together.wait()
+        except threading.BrokenBarrierError:
+            return (500, {}, "not concurrent")
+        event = json.loads(request.body)
+        received.setdefault(event["usn"], []).append(event["eventId"])
+        return (200, {}, "")
+
+    responses.add_callback(responses.POST, URL, callback=order_system)
+    accept_for(service, usns, rounds=3)
+    assert relay.settings.concurrency >= len(usns)
+    assert relay.run_once() == 9
+    assert received == sent_order(store)
+    assert {usn: len(ids) for usn, ids in received.items()} == dict.fromkeys(usns, 3)
+    assert store.outbox(PENDING) == []
+    relay.close()
+
+
+@responses.activate
+def test_a_retried_event_holds_back_only_its_own_subscription(setup) -> None:
+    service, relay, store = setup
+    failed: list[str] = []
+
+    def order_system(request):
+        event = json.loads(request.body)
+        if event["usn"] == "9000001" and not failed:
+            failed.append(event["eventId"])
+            return (503, {}, "busy")
+        return (200, {}, "")
+
+    responses.add_callback(responses.POST, URL, callback=order_system)
+    accept_for(service, ["9000001", "9000002"], rounds=2)
+    assert relay.run_once() == 2  # 9000002's two; 9000001's second waits for its first
+    [first, second] = sorted(store.outbox(PENDING), key=lambda i: i.id)
+    assert (first.message_id, first.attempts) == (failed[0], 1)
+    assert second.attempts == 0
+    assert relay.run_once() == 2
+    assert store.outbox(PENDING) == []
+    assert sent_order(store)["9000001"] == [first.message_id, second.message_id]
+    relay.close()
+
+
+def test_each_sending_thread_has_its_own_session(settings: Settings) -> None:
+    forwarder = RequestsForwarder(replace(settings.forward, url=URL))
+    mine = forwarder.session
+    theirs: list[requests.Session] = []
+    thread = threading.Thread(target=lambda: theirs.append(forwarder.session))
+    thread.start()
+    thread.join(timeout=10)
+    assert forwarder.session is mine and theirs and theirs[0] is not mine

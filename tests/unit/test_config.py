@@ -65,6 +65,7 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("schema:\n  path: nowhere.xsd\n", "schema.path", "no schema file"),
     ("logging:\n  level: LOUD\n", "logging.level", "unknown level"),
     ("broker: [1, 2\n", "", "not valid YAML at line"),
+    ("forward:\n  concurrency: 0\n", "forward.concurrency", "must be at least 1, found 0"),
     ("webhook:\n  threads: -2\n", "webhook.threads", "must be at least 1, found -2"),
     ("forward:\n  attempts: 0\n", "forward.attempts", "must be at least 1"),
 ])
