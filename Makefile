@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(PY) bench/publish.py
 	if scripts/postgres.sh start; then $(PY) bench/webhook.py --pg-url $(PG_URL); else $(PY) bench/webhook.py; fi
 	$(PY) bench/webhook_cost.py
+	$(PY) bench/forward.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
