@@ -23,7 +23,28 @@ from gateway.mapping import StateMapping, load_mapping
 from gateway.signatures import secret_key
 
 # libyaml's loader when PyYAML was built with it: 4x faster start-up for every command.
-_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last one
+    silently: an operator's second `attempts:` would quietly win over the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base constructor says so
+                break
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in this mapping", key_node.start_mark)
+        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
