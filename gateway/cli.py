@@ -396,12 +396,16 @@ def _jobs(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --config before the command or after it. The commands' own --config has no default:
+    # argparse copies a subparser's defaults over the main parser's values, which would set a
+    # --config given before the command back to None. (Parents share their action objects, so
+    # the main parser declares its own.)
+    config_help = f"configuration file (default: ${CONFIG_ENV}, else ./config.yaml, else built-ins)"
     common = _Parser(add_help=False)
-    common.add_argument(
-        "--config", default=None, metavar="FILE",
-        help=f"configuration file (default: ${CONFIG_ENV}, else ./config.yaml, else built-ins)")
-    parser = _Parser(prog="smile-gateway", parents=[common],
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help=config_help)
+    parser = _Parser(prog="smile-gateway",
                      description="Bridge between Inomial Smile's message bus and order systems.")
+    parser.add_argument("--config", default=None, metavar="FILE", help=config_help)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 

@@ -162,3 +162,15 @@ def test_every_flag_is_named_in_the_table_output(capsys) -> None:
     _, out, _ = cli(capsys, "mapping", "--vocabulary", "order")
     header = out.splitlines()[1]
     assert all(flag.capitalize() in header for flag in FLAGS)
+
+
+@pytest.mark.parametrize("where", ["before", "after", "nested"])
+def test_config_is_read_wherever_it_is_given(tmp_path: Path, where: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("forward:\n  attempts: 3\n  attempts: 0\n")
+    args = {"before": ["--config", str(bad), "check-config"],
+            "after": ["check-config", "--config", str(bad)],
+            "nested": ["--config", str(bad), "outbox", "list"]}[where]
+    done = run_cli(args)
+    assert done.returncode == 2
+    assert "line 3, column 3: 'attempts' is given twice" in done.stderr
