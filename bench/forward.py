@@ -3,9 +3,9 @@ takes `--latency-ms` to answer.
 
     python bench/forward.py [--events N] [--subscriptions U] [--latency-ms MS]
 
-The order system is a waitress app in a process of its own that sleeps MS before it answers
-204 (a network round trip and the order system's own work). N inbound Smile documents for U
-subscriptions are accepted into a SQLite store with forwarding on; then the forward relay
+The order system is bench/webhook.py's event sink (waitress, a process of its own), answering
+204 after MS (a network round trip and the order system's own work). N inbound Smile
+documents for U subscriptions are accepted into a SQLite store with forwarding on; then the forward relay
 delivers them (claiming, POSTing with requests, marking sent), at each `forward.concurrency`.
 The obvious alternative, in the same run: a bare loop POSTing the same N events with one
 requests.Session, one after another, and the same with a pool of 8 threads, a session each
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,40 +29,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import requests
 from report import machine, write_section
-from webhook import free_port, wait_up
+from webhook import event_sink
 
 from gateway.bootstrap import bootstrap
 from gateway.config import load_settings
 from gateway.ports import FORWARD, PENDING
 
-ORDER_SYSTEM = """
-import sys, time, logging
-from flask import Flask, request
-from waitress import serve
-logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-app = Flask("orders")
-delay = float(sys.argv[2]) / 1000
-@app.post("/events")
-def events():
-    request.get_data()
-    time.sleep(delay)
-    return ("", 204)
-serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=32, _quiet=True)
-"""
 DOCUMENT = (ROOT / "samples" / "SubscriptionActivated.xml").read_bytes()
 CONCURRENCY = (1, 4, 8)
-
-
-@contextmanager
-def order_system(latency_ms: float) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", ORDER_SYSTEM, str(port), str(latency_ms)])
-    try:
-        wait_up(port, None)
-        yield f"http://127.0.0.1:{port}/events"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def relay_rate(url: str, folder: Path, concurrency: int, events: int,
@@ -133,7 +105,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
     os.environ.pop("GATEWAY_CONFIG", None)
-    with tempfile.TemporaryDirectory() as tmp, order_system(args.latency_ms) as url:
+    with tempfile.TemporaryDirectory() as tmp, event_sink(args.latency_ms, threads=32) as url:
         folder = Path(tmp)
         rates: dict[int, float] = {}
         bodies: list[bytes] = []

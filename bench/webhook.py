@@ -49,17 +49,22 @@ def smile():
 serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[2]), _quiet=True)
 """
 
-# Where the forwarding gateway sends its events: another process, answering 204.
+# Where the forwarding gateway sends its events: another process, answering 204 after a delay
+# (argv: port, delay in ms, threads).
 SINK_APP = """
-import sys
+import sys, time, logging
 from flask import Flask, request
 from waitress import serve
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 app = Flask("sink")
+delay = float(sys.argv[2]) / 1000
 @app.post("/events")
 def events():
     request.get_data()
+    if delay:
+        time.sleep(delay)
     return ("", 204)
-serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=4, _quiet=True)
+serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=int(sys.argv[3]), _quiet=True)
 """
 
 
@@ -155,10 +160,11 @@ def pg_store(url: str | None) -> Iterator[str | None]:
 
 
 @contextmanager
-def event_sink() -> Iterator[str]:
-    """A forward.url answering 204, in a process of its own."""
+def event_sink(latency_ms: float = 0.0, threads: int = 4) -> Iterator[str]:
+    """A forward.url answering 204 after `latency_ms`, in a process of its own."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", SINK_APP, str(port)])
+    process = subprocess.Popen([sys.executable, "-c", SINK_APP, str(port), str(latency_ms),
+                                str(threads)])
     try:
         wait_up(port, None)
         yield f"http://127.0.0.1:{port}/events"
