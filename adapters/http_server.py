@@ -8,6 +8,7 @@ from typing import Any
 from waitress.server import create_server
 
 from gateway.config import WebhookSettings
+from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +21,16 @@ class WaitressServer:
     """
 
     def __init__(self, app: Any, settings: WebhookSettings) -> None:
-        self.server = create_server(
-            app, host=settings.host, port=settings.port, threads=settings.threads,
-            # a little over the app's own limit, so that the app answers 413 itself
-            max_request_body_size=settings.max_body_bytes + 65536,
-            max_request_header_size=65536, channel_timeout=30, ident="smile-gateway",
-            clear_untrusted_proxy_headers=True)
+        try:
+            self.server = create_server(
+                app, host=settings.host, port=settings.port, threads=settings.threads,
+                # a little over the app's own limit, so that the app answers 413 itself
+                max_request_body_size=settings.max_body_bytes + 65536,
+                max_request_header_size=65536, channel_timeout=30, ident="smile-gateway",
+                clear_untrusted_proxy_headers=True)
+        except OSError as exc:  # the port is taken, the address is not this machine's, ...
+            raise ConfigError("webhook.port", f"cannot listen on {settings.host}:"
+                              f"{settings.port}: {exc.strerror or exc}") from exc
 
     @property
     def port(self) -> int:

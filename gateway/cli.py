@@ -339,7 +339,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.logging)
     runtime = bootstrap(settings)
-    server = build_http_server(runtime, ready_checks(runtime))
+    try:
+        server = build_http_server(runtime, ready_checks(runtime))
+    except BaseException:
+        runtime.close()
+        raise
     stop = threading.Event()
     threads = []
     if settings.emission.enabled:

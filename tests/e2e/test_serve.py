@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.brokers import receive, require_broker, send, unique_queue, wait_until
-from tests.conftest import INVALID, SAMPLES
+from tests.conftest import INVALID, SAMPLES, run_cli
 from tests.e2e.servers import GatewayProcess, OrderSystem
 
 RTP = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
@@ -150,3 +150,16 @@ def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:
         s.sendall(b"GARBAGE\r\n\r\n")
         s.settimeout(5)
         assert s.recv(100).startswith(b"HTTP/1.")
+
+
+def test_a_port_already_taken_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(["serve"], env={"GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'gw.db'}",
+                                       "GATEWAY_WEBHOOK__PORT": str(port)})
+    assert done.returncode == 2
+    assert f"webhook.port: cannot listen on 127.0.0.1:{port}: Address already in use" \
+        in done.stderr
+    assert "Traceback" not in done.stderr
