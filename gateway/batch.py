@@ -30,13 +30,20 @@ class FileResult:
         return self.unreadable is None and not self.violations
 
 
-def discover(paths: Iterable[str], on_missing: Callable[[str, str], None]) -> Iterator[str]:
-    """Files as given, and every *.xml below a folder, sorted per folder, never all at once."""
+def discover(paths: Iterable[str], on_missing: Callable[[str, str], None],
+             on_empty: Callable[[str], None] = lambda folder: None) -> Iterator[str]:
+    """Files as given, and every *.xml below a folder, sorted per folder, never all at once.
+    A folder with no *.xml below it is told to `on_empty`."""
     for path in paths:
         if path == STDIN or os.path.isfile(path):
             yield path
         elif os.path.isdir(path):
-            yield from _walk(path, on_missing)
+            found = False
+            for found_path in _walk(path, on_missing):
+                found = True
+                yield found_path
+            if not found:
+                on_empty(path)
         else:
             on_missing(path, "no such file or folder")
 

@@ -89,7 +89,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if as_json:
         out.write('{"files":[')
     first = True
-    for chunk, results in batch.run(batch.discover(args.paths, missing),
+    def empty(folder: str) -> None:
+        print(f"note: {folder}: no *.xml files in this folder or below", file=sys.stderr)
+
+    for chunk, results in batch.run(batch.discover(args.paths, missing, empty),
                                     checker_factory(settings), args.jobs):
         if not as_json and results.count(None) == len(results):
             valid += len(results)  # the common case: nothing to print

@@ -97,3 +97,10 @@ def test_a_bad_configuration_file_exits_2_naming_the_key(tmp_path: Path) -> None
     done = run_cli(["validate", "--config", str(cfg), "samples"])
     assert done.returncode == 2
     assert "schema.max_bytez: unknown key" in done.stderr
+
+
+def test_a_folder_without_xml_files_is_noted(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not xml")
+    done = run_cli(["validate", str(tmp_path)])
+    assert done.returncode == 0 and "0 valid, 0 invalid" in done.stdout
+    assert f"note: {tmp_path}: no *.xml files in this folder or below" in done.stderr
