@@ -328,6 +328,10 @@ def cmd_outbox_replay(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"{count} item(s) re-queued")
+    if args.ids and count < len(set(args.ids)):
+        print(f"note: {len(set(args.ids)) - count} of the ids given were not re-queued: they "
+              f"are pending already or not in the outbox (`outbox list` shows them)",
+              file=sys.stderr)
     return EXIT_OK
 
 

@@ -71,3 +71,6 @@ def test_replay_requeues_dead_items(tmp_path: Path) -> None:
     done = run_cli(["outbox", "replay", "--dead"], env=env)
     assert done.returncode == 0 and "1 item(s) re-queued" in done.stdout
     assert f"{item_id:>6}  broker   pending" in run_cli(["outbox", "list"], env=env).stdout
+    again = run_cli(["outbox", "replay", str(item_id), "99999"], env=env)
+    assert again.returncode == 0 and "0 item(s) re-queued" in again.stdout
+    assert "2 of the ids given were not re-queued" in again.stderr
