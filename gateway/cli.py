@@ -83,15 +83,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         problems.append(path)
         print(f"{path}: cannot read: {why}", file=sys.stderr)
 
+    def empty(folder: str) -> None:
+        print(f"note: {folder}: no *.xml files in this folder or below", file=sys.stderr)
+
     valid = invalid = 0
     progress = _Progress(sys.stderr)
     as_json = args.format == "json"
     if as_json:
         out.write('{"files":[')
     first = True
-    def empty(folder: str) -> None:
-        print(f"note: {folder}: no *.xml files in this folder or below", file=sys.stderr)
-
     for chunk, results in batch.run(batch.discover(args.paths, missing, empty),
                                     checker_factory(settings), args.jobs):
         if not as_json and results.count(None) == len(results):

@@ -45,6 +45,8 @@ class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is given twice in this mapping", key_node.start_mark)
         return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"

@@ -16,15 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import BrokerSettings, EmissionSettings, ForwardSettings
 from gateway.errors import ForwardError, PublishError, StoreError
-from gateway.ports import (
-    BROKER,
-    FORWARD,
-    Envelope,
-    Forwarder,
-    OutboxItem,
-    Publisher,
-    Store,
-)
+from gateway.ports import BROKER, FORWARD, Envelope, Forwarder, OutboxItem, Publisher, Store
 
 log = logging.getLogger(__name__)
 
