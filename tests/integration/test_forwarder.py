@@ -21,6 +21,9 @@ from tests.conftest import SAMPLES
 from tests.stores import KINDS, open_store, store_url
 
 URL = "http://orders.example.test/smile-events"
+ACTIVATED = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+SUSPENDED = ACTIVATED.replace(b"<SuspendStatus>Active</SuspendStatus>",
+                              b"<SuspendStatus>Suspended</SuspendStatus>")
 
 
 @pytest.fixture(params=KINDS)
@@ -104,11 +107,8 @@ def test_a_retried_event_keeps_the_later_events_of_its_subscription_waiting(setu
     service, relay, store = setup
     responses.post(URL, status=503)  # the first attempt at the first event
     responses.post(URL, status=200)
-    activated = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
-    suspended = activated.replace(b"<SuspendStatus>Active</SuspendStatus>",
-                                  b"<SuspendStatus>Suspended</SuspendStatus>")
-    service.accept_smile_document(activated, "SubscriptionActivated")
-    service.accept_smile_document(suspended, "SubscriptionSuspended")
+    service.accept_smile_document(ACTIVATED, "SubscriptionActivated")
+    service.accept_smile_document(SUSPENDED, "SubscriptionSuspended")
     assert relay.run_once() == 0  # the second did not overtake the first
     assert len(responses.calls) == 1
     assert relay.run_once() == 2
@@ -117,10 +117,6 @@ def test_a_retried_event_keeps_the_later_events_of_its_subscription_waiting(setu
     assert delivered == ["SubscriptionActivated", "SubscriptionSuspended"]
     assert store.outbox(PENDING) == [] and len(store.outbox(SENT)) == 2
 
-
-ACTIVATED = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
-SUSPENDED = ACTIVATED.replace(b"<SuspendStatus>Active</SuspendStatus>",
-                              b"<SuspendStatus>Suspended</SuspendStatus>")
 
 
 def accept_for(service: GatewayService, usns: list[str], rounds: int) -> None:
