@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +46,20 @@ def discover(paths: Iterable[str], on_missing: Callable[[str, str], None],
             if not found:
                 on_empty(path)
         else:
-            on_missing(path, "no such file or folder")
+            on_missing(path, _not_checkable(path))
+
+
+def _not_checkable(path: str) -> str:
+    """Why `path`, neither a regular file nor a folder, cannot be checked."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.islink(path):
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        if exc.errno == errno.ENOENT:
+            return "no such file or folder"
+        return exc.strerror or str(exc)
+    return "not a regular file or a folder (a FIFO, socket or device is not read)"
 
 
 def _walk(folder: str, on_missing: Callable[[str, str], None]) -> Iterator[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -74,6 +75,20 @@ def test_an_unreadable_path_exits_2_and_the_rest_is_still_checked(tmp_path: Path
     assert done.returncode == 2
     assert "missing.xml: cannot read: no such file or folder" in done.stderr
     assert "10 valid, 0 invalid" in done.stdout
+
+
+def test_a_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe.xml")  # never opened: reading a FIFO would wait for a writer
+    (tmp_path / "dangling.xml").symlink_to(tmp_path / "gone.xml")
+    (tmp_path / "loop.xml").symlink_to(tmp_path / "loop.xml")
+    done = run_cli(["validate", str(tmp_path / "pipe.xml"), str(tmp_path / "dangling.xml"),
+                    str(tmp_path / "loop.xml")], timeout=30)
+    assert done.returncode == 2
+    assert ("pipe.xml: cannot read: not a regular file or a folder (a FIFO, socket or device "
+            "is not read)") in done.stderr
+    assert f"dangling.xml: cannot read: a symbolic link to {str(tmp_path / 'gone.xml')!r}, " \
+        "which does not exist" in done.stderr
+    assert "loop.xml: cannot read: Too many levels of symbolic links" in done.stderr
 
 
 def test_usage_errors_exit_2() -> None:
