@@ -13,7 +13,7 @@ from typing import TextIO
 
 from gateway import __version__, batch
 from gateway.config import CONFIG_ENV, Settings, load_settings, redact_url
-from gateway.domain import MESSAGE_TYPES, SubscriptionFeaturesUpdate
+from gateway.domain import LONG_RANGE, MESSAGE_TYPES, SubscriptionFeaturesUpdate
 from gateway.errors import (
     ConfigError,
     DocumentError,
@@ -406,6 +406,18 @@ def _jobs(text: str) -> int:
     return value
 
 
+def _long(text: str) -> int:
+    """An id as the schema types them (xs:long), which is also what a store column holds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if not LONG_RANGE[0] <= value <= LONG_RANGE[1]:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from {LONG_RANGE[0]} to {LONG_RANGE[1]}, found {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config before the command or after it. The commands' own --config has no default:
     # argparse copies a subparser's defaults over the main parser's values, which would set a
@@ -440,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the subscription's current SubscriptionFeaturesUpdate document")
     p.add_argument("--from", dest="from_state", metavar="S0",
                    help="the current state: the change is then checked against the graph")
-    p.add_argument("--provision-request-id", type=int, metavar="N",
+    p.add_argument("--provision-request-id", type=_long, metavar="N",
                    help="the subscription has this provision request open")
     p.add_argument("--format", choices=("xml", "json"), default="xml")
     p.set_defaults(func=cmd_to_smile)
@@ -477,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_outbox_list)
     p = osub.add_parser("replay", parents=[common], help="re-queue items (dead letters)")
-    p.add_argument("ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("ids", nargs="*", type=_long, metavar="ID")
     p.add_argument("--dead", action="store_true", help="every dead item")
     p.set_defaults(func=cmd_outbox_replay)
 

@@ -219,3 +219,7 @@ MESSAGE_TYPES: dict[str, MessageType] = {
 }
 # Header values that are integers in Smile's documentation; the rest are strings.
 INTEGER_HEADERS = frozenset({"sid", "provisionRequestId", "commandID"})
+# The schema's bounded integers: xs:long (SID, provisionRequestId, FeatureId) and xs:int
+# (PlanScheduleType, CycleDay). A number outside them fits no document and no store column.
+LONG_RANGE = (-2**63, 2**63 - 1)
+INT_RANGE = (-2**31, 2**31 - 1)

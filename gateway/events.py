@@ -8,6 +8,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gateway.domain import (
+    INT_RANGE,
+    LONG_RANGE,
     PlanScheduleItem,
     Property,
     PropertyType,
@@ -39,14 +41,19 @@ class _Problems:
             return None
         return value
 
-    def integer(self, data: Mapping[str, Any], key: str, path: str,
+    def integer(self, data: Mapping[str, Any], key: str, path: str, bounds: tuple[int, int],
                 default: int | None = None) -> int | None:
+        """An integer within `bounds` (the schema type's range, inclusive)."""
         value = data.get(key, default)
         if value is None:
             self.add(f"{path}/{key}", "required")
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             self.add(f"{path}/{key}", f"expected an integer, found {_kind(value)}")
+            return None
+        if not bounds[0] <= value <= bounds[1]:
+            self.add(f"{path}/{key}", f"expected an integer from {bounds[0]} to {bounds[1]}, "
+                     f"found {value}")
             return None
         return value
 
@@ -100,7 +107,7 @@ def _subscription(p: _Problems, raw: Any, usn: str) -> SubscriptionFeaturesUpdat
     if not isinstance(raw, Mapping):
         p.add(path, f"expected an object, found {_kind(raw)}")
         return None
-    sid = p.integer(raw, "sid", path)
+    sid = p.integer(raw, "sid", path, LONG_RANGE)
     name = p.string(raw, "serviceName", path)
     parent = p.string(raw, "parent", path)
     properties = _properties(p, raw.get("properties", []), f"{path}/properties")
@@ -111,7 +118,7 @@ def _subscription(p: _Problems, raw: Any, usn: str) -> SubscriptionFeaturesUpdat
     else:
         for ppath, plan in p.objects(raw_plans, f"{path}/plans"):
             code = p.string(plan, "planCode", ppath)
-            kind = p.integer(plan, "planScheduleType", ppath, default=1)
+            kind = p.integer(plan, "planScheduleType", ppath, INT_RANGE, default=1)
             start = None
             if plan.get("start") is not None:
                 start = _datetime(p, plan["start"], f"{ppath}/start")
@@ -175,6 +182,10 @@ def _value(p: _Problems, kind: PropertyType, value: Any, path: str) -> PropertyV
                 ok = None
             if ok is not None and not ok.is_finite():
                 ok = None
+            elif ok is not None and _plain_digits(ok) > DECIMAL_DIGITS:
+                p.add(path, f"a Decimal of at most {DECIMAL_DIGITS} digits written out "
+                      f"(xs:decimal has no exponent), found {_plain_digits(ok)}")
+                return None
         case PropertyType.DATE if isinstance(value, str):
             try:
                 ok = date.fromisoformat(value)
@@ -185,6 +196,15 @@ def _value(p: _Problems, kind: PropertyType, value: Any, path: str) -> PropertyV
     if ok is None:
         p.add(path, f"not a valid {kind.value} value: {_kind(value)}")
     return ok
+
+
+DECIMAL_DIGITS = 100  # a Decimal property's digits, written out: "1e999999999" is a 1 GB text
+
+
+def _plain_digits(value: Decimal) -> int:
+    """How many digits `value` has written without an exponent, as the document writes it."""
+    digits, exponent = len(value.as_tuple().digits), int(value.as_tuple().exponent)
+    return max(digits + exponent, 1) + max(-exponent, 0)
 
 
 def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:

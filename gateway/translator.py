@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from gateway.domain import (
     INTEGER_HEADERS,
+    LONG_RANGE,
     MESSAGE_TYPES,
     Document,
     DocumentOutline,
@@ -229,7 +231,8 @@ def check_message(message_type: str, outline: DocumentOutline,
         if value in (None, ""):
             problems.append(f"header {name} is required for {message_type}")
         elif name in INTEGER_HEADERS and not _is_integer(value):
-            problems.append(f"header {name} must be an integer, found {value!r}")
+            problems.append(f"header {name} must be an integer from {LONG_RANGE[0]} to "
+                            f"{LONG_RANGE[1]} (xs:long), found {value!r}")
     if usn is not None:
         if headers.get("usn") not in (None, "") and headers["usn"] != usn:
             problems.append(f"header usn={headers['usn']!r} but the body has USN {usn!r}")
@@ -246,9 +249,13 @@ def check_message(message_type: str, outline: DocumentOutline,
                                    [Violation(0, 0, "", p) for p in problems])
 
 
+_DIGITS = re.compile(r"-?[0-9]{1,20}")
+
+
 def _is_integer(value: str | None) -> bool:
-    try:
-        int(str(value))
-    except ValueError:
+    """An xs:long written in ASCII digits, as the schema types sid and provisionRequestId
+    (int() alone would take "1_000", " 7 ", other scripts' digits, and numbers no column
+    holds)."""
+    if value is None or not _DIGITS.fullmatch(value):
         return False
-    return True
+    return LONG_RANGE[0] <= int(value) <= LONG_RANGE[1]

@@ -74,3 +74,11 @@ def test_replay_requeues_dead_items(tmp_path: Path) -> None:
     again = run_cli(["outbox", "replay", str(item_id), "99999"], env=env)
     assert again.returncode == 0 and "0 item(s) re-queued" in again.stdout
     assert "2 of the ids given were not re-queued" in again.stderr
+
+
+def test_replay_refuses_an_id_no_store_can_hold_as_a_usage_error(tmp_path: Path) -> None:
+    env = env_for(tmp_path, "/queue/x")
+    done = run_cli(["outbox", "replay", str(2**63)], env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (f"argument ID: expected a whole number from -9223372036854775808 to "
+            f"9223372036854775807, found {2**63}") in done.stderr

@@ -127,6 +127,9 @@ def test_inbound_reads_states_and_the_feature_diff(translator: Translator, codec
     ({"usn": "99", "sid": "170", "provisionRequestId": "1"}, "header usn='99'"),
     ({"usn": "2142426762", "sid": "171", "provisionRequestId": "1"}, "header sid='171'"),
     ({"usn": "2142426762", "sid": "170", "provisionRequestId": "x"}, "must be an integer"),
+    ({"usn": "2142426762", "sid": "170", "provisionRequestId": "1_000"}, "must be an integer"),
+    ({"usn": "2142426762", "sid": "170", "provisionRequestId": str(2**63)},
+     r"must be an integer from -9223372036854775808 to 9223372036854775807 \(xs:long\)"),
 ])
 def test_headers_must_be_complete_and_agree_with_the_body(translator: Translator, headers,
                                                           words) -> None:

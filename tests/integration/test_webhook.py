@@ -74,6 +74,14 @@ def test_an_order_event_renders_the_documents(client) -> None:
     assert again.status_code == 202 and again.json == r.json  # processed once
 
 
+def test_a_provision_request_id_no_store_can_hold_is_422_not_500(client) -> None:
+    r = post_xml(client, RTP, **{"X-Smile-Message-Type": "SubscriptionReadyToProvision",
+                                 "X-Smile-Provision-Request-Id": "9" * 30})
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    assert "header provisionRequestId must be an integer from" in r.json["detail"]
+    assert client.get("/subscriptions/2142426762").status_code == 404  # nothing recorded
+
+
 def test_an_order_event_can_create_the_subscription(client) -> None:
     r = client.post("/orders/events", json={
         "eventId": "e-new", "usn": "N1", "vocabulary": "subscription", "state": "draft",
@@ -102,6 +110,22 @@ def test_a_refused_transition_is_409_naming_both_states(client) -> None:
      "unknown vocabulary"),
     ({"eventId": 5, "usn": ["x"], "vocabulary": "order"}, 422, "/eventId"),
     ([1, 2], 422, "expected a JSON object"),
+    # numbers no document and no store column can hold name the field, not a rendered element
+    ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
+      "subscription": {"sid": 2**63, "serviceName": "F", "parent": "P",
+                       "plans": [{"planCode": "f"}]}}, 422,
+     "/subscription/sid: expected an integer from -9223372036854775808 to 9223372036854775807"),
+    ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
+      "subscription": {"sid": 1, "serviceName": "F", "parent": "P",
+                       "plans": [{"planCode": "f", "planScheduleType": 2**31}]}}, 422,
+     "/subscription/plans/0/planScheduleType: expected an integer from -2147483648 to "
+     "2147483647"),
+    # a Decimal is written out in full: "1e999999999" would be a gigabyte of digits
+    ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
+      "subscription": {"sid": 1, "serviceName": "F", "parent": "P", "plans": [{"planCode": "f"}],
+                       "properties": [{"type": "Decimal", "name": "d", "value": "1e999999999"}]}},
+     422, "a Decimal of at most 100 digits written out (xs:decimal has no exponent), "
+     "found 1000000000"),
 ])
 def test_bad_order_events_are_4xx_problems(client, body, status, words) -> None:
     seed(client)
