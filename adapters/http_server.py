@@ -5,12 +5,44 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from waitress.server import create_server
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, create_server
+from waitress.task import ErrorTask
 
+from adapters.webhook import PROBLEM, problem_json
 from gateway.config import WebhookSettings
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# waitress's body limit is the app's plus this: waitress counts a chunked body's framing, and
+# refuses a Content-Length equal to its limit; the app checks the exact limit itself
+_SLACK = 65536
+
+
+class _ProblemErrorTask(ErrorTask):  # type: ignore[misc]
+    """What waitress answers itself (a body or headers over its limits, a request it cannot
+    parse) as problem+json, like every error of the app, instead of its text/plain."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        code = int(error.code)
+        if code == 413:  # RFC 9110's name, as the app's; the limit as configured
+            title = "Content Too Large"
+            limit = self.channel.server.adj.max_request_body_size - _SLACK
+            detail = f"body is over the limit of {limit} bytes"
+        else:
+            title, detail = str(error.reason), str(error.body)
+        body = problem_json(code, title, detail).encode()
+        self.status = f"{code} {error.reason}"
+        self.response_headers.append(("Content-Type", PROBLEM))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    error_task_class = _ProblemErrorTask
 
 
 class WaitressServer:
@@ -21,23 +53,31 @@ class WaitressServer:
     """
 
     def __init__(self, app: Any, settings: WebhookSettings) -> None:
+        sockets: dict[int, Any] = {}  # waitress's socket map: each listener registers in it
         try:
             self.server = create_server(
-                app, host=settings.host, port=settings.port, threads=settings.threads,
-                # a little over the app's own limit, so that the app answers 413 itself
-                max_request_body_size=settings.max_body_bytes + 65536,
+                app, map=sockets, host=settings.host, port=settings.port,
+                threads=settings.threads,
+                max_request_body_size=settings.max_body_bytes + _SLACK,
                 max_request_header_size=65536, channel_timeout=30, ident="smile-gateway",
                 clear_untrusted_proxy_headers=True)
         except OSError as exc:  # the port is taken, the address is not this machine's, ...
             raise ConfigError("webhook.port", f"cannot listen on {settings.host}:"
                               f"{settings.port}: {exc.strerror or exc}") from exc
+        # one listener per address the host resolves to (a name may have an IPv4 and an IPv6)
+        self.listeners = [each for each in sockets.values() if isinstance(each, BaseWSGIServer)]
+        for listener in self.listeners:
+            listener.channel_class = _Channel
 
     @property
     def port(self) -> int:
-        return int(self.server.effective_port)
+        return int(self.listeners[0].effective_port)
 
     def run(self) -> None:
-        log.info("listening on http://%s:%d", self.server.effective_host, self.port)
+        for listener in self.listeners:
+            host = listener.effective_host
+            log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host,
+                     int(listener.effective_port))
         self.server.run()
 
     def close(self) -> None:

@@ -54,13 +54,20 @@ def _current_request() -> Request:
     return request._get_current_object()  # type: ignore[attr-defined, no-any-return]
 
 
-def problem(status: int, title: str, detail: str,
-            errors: list[dict[str, Any]] | None = None) -> Response:
+def problem_json(status: int, title: str, detail: str,
+                 errors: list[dict[str, Any]] | None = None) -> str:
+    """An RFC 9457 problem document, the body of every error the gateway answers."""
     body: dict[str, Any] = {"type": f"https://smile-gateway.invalid/problems/{status}",
                             "title": title, "status": status, "detail": clip(detail, 1000)}
     if errors is not None:
         body["errors"] = errors
-    return Response(json.dumps(body), status=status, mimetype=PROBLEM)
+    return json.dumps(body)
+
+
+def problem(status: int, title: str, detail: str,
+            errors: list[dict[str, Any]] | None = None) -> Response:
+    return Response(problem_json(status, title, detail, errors), status=status,
+                    mimetype=PROBLEM)
 
 
 def _translate(exc: Exception) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_a_message_from_smile_on_the_broker_is_recorded(gateway) -> None:
     wait_until(recorded, 30, what="the consumed document")
 
 
-def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes]]:
+def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes | Iterator[bytes]]]:
     out = [("POST", "/smile/messages", XML, p.read_bytes())
            for p in sorted(INVALID.glob("*.xml"))]
     out += [
@@ -124,6 +125,10 @@ def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes]]:
         ("GET", "/nowhere", {}, b""),
         ("POST", "/smile/messages", XML, b"<a>" * 600_000),
         ("POST", "/smile/messages", XML, b"<a>" * 300_000),  # under the size limit, too deep
+        # chunked (no Content-Length): over the limit as it arrives, refused by waitress
+        ("POST", "/smile/messages", XML, (b"<a>" * 1000 for _ in range(1000))),
+        # chunked, just over the limit: refused by the app
+        ("POST", "/smile/messages", XML, (b"x" * 1025 for _ in range(1024))),
     ]
     return out
 
@@ -135,6 +140,9 @@ def test_hostile_and_malformed_requests_get_4xx_never_5xx(gateway) -> None:
         results.append((method, path, r.status_code))
         assert 400 <= r.status_code < 500, (method, path, headers.get("Content-Type"),
                                             r.status_code, r.text[:300])
+        # waitress's own refusals (body or headers over its limits) too
+        assert r.headers["Content-Type"] == "application/problem+json", (method, path, r.text)
+        assert r.json()["status"] == r.status_code
     assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
     assert len(results) > 40
 
@@ -149,7 +157,12 @@ def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:
     with socket.create_connection((host, port), timeout=5) as s:
         s.sendall(b"GARBAGE\r\n\r\n")
         s.settimeout(5)
-        assert s.recv(100).startswith(b"HTTP/1.")
+        answer = b""
+        while chunk := s.recv(4096):  # waitress closes the connection after its answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.0 400 ")
+        assert b"\r\nContent-Type: application/problem+json\r\n" in answer
+        assert answer.endswith(b'"status": 400, "detail": "Start line is invalid"}')
 
 
 def test_a_port_already_taken_is_a_clear_start_up_error(tmp_path: Path) -> None:
