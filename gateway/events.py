@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -21,6 +22,25 @@ from gateway.domain import (
 from gateway.errors import DocumentInvalidError, Violation
 from gateway.service import NEW_SUBSCRIPTION_FLAGS, StateChange
 
+# What XML 1.0 can carry (its Char production): no control characters but tab, newline and
+# carriage return, no lone surrogates (JSON's "\ud800" decodes to one), no U+FFFE or U+FFFF.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Ids travel as STOMP headers (usn, correlation-id), and ActiveMQ refuses a header over 10 KB.
+ID_CHARS = 1024
+MAX_OFFSET = timedelta(hours=14)
+DECIMAL_DIGITS = 100  # a Decimal property's digits, written out: "1e999999999" is a 1 GB text
+
+
+def _text_problem(value: str, limit: int | None = None) -> str | None:
+    """Why `value` cannot go into a document, a header or the store; None when it can."""
+    bad = _NOT_XML.search(value)
+    if bad is not None:
+        return (f"U+{ord(bad.group()):04X} at offset {bad.start()} is not a character XML "
+                "can carry")
+    if limit is not None and len(value) > limit:
+        return f"expected at most {limit} characters, found {len(value)}"
+    return None
+
 
 class _Problems:
     def __init__(self) -> None:
@@ -30,7 +50,7 @@ class _Problems:
         self.found.append(Violation(0, 0, path, message))
 
     def string(self, data: Mapping[str, Any], key: str, path: str,
-               required: bool = True) -> str | None:
+               required: bool = True, limit: int | None = None) -> str | None:
         value = data.get(key)
         if value is None:
             if required:
@@ -38,6 +58,10 @@ class _Problems:
             return None
         if not isinstance(value, str) or not value.strip():
             self.add(f"{path}/{key}", f"expected a non-empty string, found {_kind(value)}")
+            return None
+        problem = _text_problem(value, limit)
+        if problem is not None:
+            self.add(f"{path}/{key}", problem)
             return None
         return value
 
@@ -90,8 +114,8 @@ def parse_order_event(payload: Any) -> StateChange:
     every problem with its JSON path."""
     p = _Problems()
     payload = _top_object(payload)
-    event_id = p.string(payload, "eventId", "")
-    usn = p.string(payload, "usn", "")
+    event_id = p.string(payload, "eventId", "", limit=ID_CHARS)
+    usn = p.string(payload, "usn", "", limit=ID_CHARS)
     vocabulary = p.string(payload, "vocabulary", "")
     state = p.string(payload, "state", "")
     subscription = None
@@ -139,6 +163,10 @@ def _datetime(p: _Problems, value: Any, path: str) -> datetime | None:
     if parsed is None or parsed.tzinfo is None:
         p.add(path, "expected an ISO 8601 date-time with a UTC offset")
         return None
+    offset = parsed.utcoffset()
+    if offset is not None and abs(offset) > MAX_OFFSET:  # xs:dateTime's bound
+        p.add(path, "expected a UTC offset from -14:00 to +14:00")
+        return None
     return parsed
 
 
@@ -169,6 +197,10 @@ def _value(p: _Problems, kind: PropertyType, value: Any, path: str) -> PropertyV
     ok: PropertyValue = None
     match kind:
         case PropertyType.STRING if isinstance(value, str):
+            problem = _text_problem(value)
+            if problem is not None:
+                p.add(path, problem)
+                return None
             ok = value
         case PropertyType.BOOLEAN if isinstance(value, bool):
             ok = value
@@ -198,9 +230,6 @@ def _value(p: _Problems, kind: PropertyType, value: Any, path: str) -> PropertyV
     return ok
 
 
-DECIMAL_DIGITS = 100  # a Decimal property's digits, written out: "1e999999999" is a 1 GB text
-
-
 def _plain_digits(value: Decimal) -> int:
     """How many digits `value` has written without an exponent, as the document writes it."""
     digits, exponent = len(value.as_tuple().digits), int(value.as_tuple().exponent)
@@ -212,7 +241,7 @@ def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
     `usn_path` (dotted, default event.productOrder.externalId)."""
     p = _Problems()
     payload = _top_object(payload)
-    event_id = p.string(payload, "eventId", "")
+    event_id = p.string(payload, "eventId", "", limit=ID_CHARS)
     order = payload.get("event", {}).get("productOrder") if isinstance(
         payload.get("event"), Mapping) else None
     state = None
@@ -224,12 +253,17 @@ def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
     for part in usn_path.split("."):
         node = node.get(part) if isinstance(node, Mapping) else None
     usn = None
+    where = "/" + usn_path.replace(".", "/")
     if isinstance(node, str) and node.strip():
-        usn = node
+        problem = _text_problem(node, ID_CHARS)
+        if problem is None:
+            usn = node
+        else:
+            p.add(where, problem)
     elif isinstance(node, int) and not isinstance(node, bool):
         usn = str(node)
     else:
-        p.add("/" + usn_path.replace(".", "/"), "required: the subscription's usn")
+        p.add(where, "required: the subscription's usn")
     p.raise_if_any()
     assert event_id and state and usn
     return StateChange(event_id, usn, "order", state, None, source="tmf622")

@@ -114,6 +114,8 @@ def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes | I
                      "subscription": {"sid": "nine", "plans": "none",
                                       "properties": [{"type": "Blob"}]}}).encode()),
         ("POST", "/orders/events", {"Content-Type": "application/json"}, b"\xff\xfe\x00"),
+        ("POST", "/orders/events", {"Content-Type": "application/json"},  # what XML cannot carry
+         b'{"eventId": "e\\u0000", "usn": "u\\ud800", "vocabulary": "order", "state": "x"}'),
         ("POST", "/orders/events", {"Content-Type": "application/json"}, b"[" * 100_000),
         ("POST", "/listener/productOrderStateChangeEvent", {"Content-Type": "application/json"},
          b'{"eventId": "e", "event": {"productOrder": []}}'),

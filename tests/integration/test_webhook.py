@@ -120,6 +120,23 @@ def test_a_refused_transition_is_409_naming_both_states(client) -> None:
                        "plans": [{"planCode": "f", "planScheduleType": 2**31}]}}, 422,
      "/subscription/plans/0/planScheduleType: expected an integer from -2147483648 to "
      "2147483647"),
+    # what XML cannot carry, a lone surrogate the store cannot encode, ids too long for a header
+    ({"eventId": "e", "usn": "N\u0001", "vocabulary": "order", "state": "acknowledged"}, 422,
+     "/usn: U+0001 at offset 1 is not a character XML can carry"),
+    ({"eventId": "e\ud800", "usn": "N2", "vocabulary": "order", "state": "acknowledged"}, 422,
+     "/eventId: U+D800 at offset 1 is not a character XML can carry"),
+    ({"eventId": "e" * 1025, "usn": "N2", "vocabulary": "order", "state": "acknowledged"}, 422,
+     "/eventId: expected at most 1024 characters, found 1025"),
+    ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
+      "subscription": {"sid": 1, "serviceName": "F\u0000", "parent": "P",
+                       "plans": [{"planCode": "f"}]}},
+     422, "/subscription/serviceName: U+0000 at offset 1"),
+    ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
+      "subscription": {"sid": 1, "serviceName": "F", "parent": "P",
+                       "plans": [{"planCode": "f", "start": "2025-01-01T00:00:00-23:00"}],
+                       "properties": [{"type": "String", "name": "s", "value": "\ufffe"}]}},
+     422, "/subscription/properties/0/value: U+FFFE at offset 0 is not a character XML can "
+     "carry; /subscription/plans/0/start: expected a UTC offset from -14:00 to +14:00"),
     # a Decimal is written out in full: "1e999999999" would be a gigabyte of digits
     ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
       "subscription": {"sid": 1, "serviceName": "F", "parent": "P", "plans": [{"planCode": "f"}],
@@ -152,6 +169,11 @@ def test_the_tmf622_listener_answers_204(client) -> None:
     assert states["order_state"] == "accepted"
     bad = client.post("/listener/productOrderStateChangeEvent", json={"eventId": "x"})
     assert bad.status_code == 422 and "productOrder" in bad.json["detail"]
+    odd = client.post("/listener/productOrderStateChangeEvent", json={
+        "eventId": "tmf-2", "event": {"productOrder": {"state": "accepted",
+                                                      "externalId": "2142426762\udfff"}}})
+    assert odd.status_code == 422
+    assert odd.json["errors"][0]["path"] == "/event/productOrder/externalId"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in INVALID.glob("*.xml")))
