@@ -178,7 +178,10 @@ class SmileXmlCodec:
         it is then ever processed; the check after parsing catches the encodings this byte
         scan cannot read, UTF-16)."""
         if len(data) > self.max_bytes:
-            message = f"document is {len(data)} bytes, over the limit of {self.max_bytes}"
+            # readers take one byte over the limit, not the rest: then the size is unknown
+            message = (f"document is over the limit of {self.max_bytes} bytes"
+                       if len(data) == self.max_bytes + 1 else
+                       f"document is {len(data)} bytes, over the limit of {self.max_bytes}")
             raise DocumentParseError(message, [Violation(1, 1, "", message)])
         doctype = _PROLOG_DOCTYPE.match(data) if b"<!DOCTYPE" in data else None
         if doctype is not None:

@@ -59,7 +59,7 @@ def _not_checkable(path: str) -> str:
         if exc.errno == errno.ENOENT:
             return "no such file or folder"
         return exc.strerror or str(exc)
-    return "not a regular file or a folder (a FIFO, socket or device is not read)"
+    return "not a regular file or a folder (for a pipe, give - and pipe it to standard input)"
 
 
 def _walk(folder: str, on_missing: Callable[[str, str], None]) -> Iterator[str]:

@@ -129,12 +129,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # -- translate, mapping, check-config ---------------------------------------------------------
 
 
-def _read_input(path: str) -> bytes:
+def _read_input(path: str, limit: int) -> bytes:
+    """The file's bytes, or standard input's for `-`: never more than one byte over `limit`
+    (enough for the codec to refuse it), so /dev/zero or an endless pipe cannot fill memory."""
     if path == batch.STDIN:
-        return sys.stdin.buffer.read()
+        return sys.stdin.buffer.read(limit + 1)
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(limit + 1)
     except OSError as exc:
         raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
@@ -143,8 +145,8 @@ class _Unreadable(Exception):
     """A file named on the command line cannot be read (exit 2)."""
 
 
-def _snapshot(translator: Translator, path: str) -> SubscriptionFeaturesUpdate:
-    document = translator.codec.decode(_read_input(path))
+def _snapshot(translator: Translator, path: str, limit: int) -> SubscriptionFeaturesUpdate:
+    document = translator.codec.decode(_read_input(path, limit))
     if not isinstance(document, SubscriptionFeaturesUpdate):
         raise DocumentInvalidError(
             f"{path}: a snapshot must be a SubscriptionFeaturesUpdate document, "
@@ -164,7 +166,7 @@ def cmd_to_smile(args: argparse.Namespace) -> int:
     settings = _settings(args)
     translator = build_translator(settings)
     try:
-        snapshot = _snapshot(translator, args.snapshot)
+        snapshot = _snapshot(translator, args.snapshot, settings.schema.max_bytes)
     except DocumentError as exc:
         _print_document_error(args.snapshot, exc)
         return EXIT_INVALID
@@ -201,13 +203,13 @@ def cmd_from_smile(args: argparse.Namespace) -> int:
     previous = None
     try:
         if args.snapshot is not None:
-            previous = _snapshot(translator, args.snapshot)
+            previous = _snapshot(translator, args.snapshot, settings.schema.max_bytes)
     except DocumentError as exc:
         _print_document_error(args.snapshot, exc)
         return EXIT_INVALID
     try:
-        result = translator.from_smile(_read_input(args.file), args.message_type,
-                                       previous=previous)
+        result = translator.from_smile(_read_input(args.file, settings.schema.max_bytes),
+                                       args.message_type, previous=previous)
     except DocumentError as exc:
         _print_document_error(args.file, exc)
         return EXIT_INVALID
@@ -260,7 +262,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from gateway.bootstrap import bootstrap
 
     settings = _settings(args)
-    documents = [_read_input(path) for path in args.files]
+    documents = [_read_input(path, settings.schema.max_bytes) for path in args.files]
     runtime = bootstrap(settings)
     try:
         try:

@@ -123,6 +123,22 @@ def test_from_smile_refuses_an_invalid_document_or_a_mismatched_type() -> None:
     assert unknown.returncode == 2
 
 
+@pytest.mark.parametrize("args", [
+    ["translate", "from-smile", "/dev/zero"],
+    ["translate", "from-smile", "-"],
+    ["translate", "to-smile", "--vocabulary", "order", "--state", "completed",
+     "--snapshot", "/dev/zero"],
+    ["publish", "--message-type", "SubscriptionEnabled", "/dev/zero"],
+])
+def test_an_endless_input_is_read_only_to_the_size_limit(args: list[str], tmp_path: Path) -> None:
+    stdin = b"\0" * (2 << 20) if "-" in args else None  # 2 MiB, over the 1 MiB limit
+    done = run_cli(args, stdin=stdin, env={"GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'g.db'}"},
+                   timeout=30)
+    assert done.returncode == 1
+    err = done.stderr if isinstance(done.stderr, str) else done.stderr.decode()
+    assert "document is over the limit of 1048576 bytes" in err
+
+
 @pytest.mark.parametrize("fmt", ["table", "json", "dot"])
 def test_mapping_prints_the_tables_in_force(capsys, fmt) -> None:
     code, out, _ = cli(capsys, "mapping", "--format", fmt)

@@ -84,8 +84,8 @@ def test_a_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
     done = run_cli(["validate", str(tmp_path / "pipe.xml"), str(tmp_path / "dangling.xml"),
                     str(tmp_path / "loop.xml")], timeout=30)
     assert done.returncode == 2
-    assert ("pipe.xml: cannot read: not a regular file or a folder (a FIFO, socket or device "
-            "is not read)") in done.stderr
+    assert ("pipe.xml: cannot read: not a regular file or a folder (for a pipe, give - and "
+            "pipe it to standard input)") in done.stderr
     assert f"dangling.xml: cannot read: a symbolic link to {str(tmp_path / 'gone.xml')!r}, " \
         "which does not exist" in done.stderr
     assert "loop.xml: cannot read: Too many levels of symbolic links" in done.stderr
