@@ -147,11 +147,24 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 T = TypeVar("T")
 
 
+_CONFIG_MAX_BYTES = 4 << 20  # far above any configuration; /dev/zero given by mistake ends
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(_CONFIG_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError("--config", f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(raw) > _CONFIG_MAX_BYTES:
+        raise ConfigError(str(path), f"over {_CONFIG_MAX_BYTES} bytes: not a configuration file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise ConfigError(str(path), f"not UTF-8 at line {line}, column {column} "
+                          f"(byte 0x{raw[exc.start]:02x})") from exc
     try:
         data = yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as exc:

@@ -86,6 +86,18 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.yaml", {})
 
 
+def test_a_file_that_is_not_utf8_names_where(tmp_path: Path) -> None:
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes(b"store:\n  url: sqlite:///caf\xe9.db\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 at line 2, column 21 \(byte 0xe9\)"):
+        load_settings(cfg, {})
+
+
+def test_an_endless_file_is_refused_not_read_forever() -> None:
+    with pytest.raises(ConfigError, match="over 4194304 bytes: not a configuration file"):
+        load_settings(Path("/dev/zero"), {})
+
+
 def test_a_store_url_from_the_environment_may_hold_a_password_never_shown() -> None:
     url = "postgresql://gw:s3cret@db.example:5433/gateway?sslmode=require"
     assert load_settings(None, {"GATEWAY_STORE__URL": url}).store.url == url
