@@ -34,6 +34,7 @@ from gateway.domain import (
     SuspendStatus,
 )
 from gateway.errors import (
+    ConfigError,
     DocumentInvalidError,
     DocumentParseError,
     Violation,
@@ -137,8 +138,12 @@ class SmileXmlCodec:
         self.schema_path = Path(schema_path)
         self.max_bytes = max_bytes
         self._local = threading.local()
-        self._schema_tree = etree.parse(str(self.schema_path), self._new_parser())
-        self._schema()  # fail at start-up, not on the first document
+        try:  # fail at start-up, not on the first document
+            self._schema_tree = etree.parse(str(self.schema_path), self._new_parser())
+            self._schema()
+        except (OSError, etree.LxmlError) as exc:
+            raise ConfigError("schema.path", f"{self.schema_path} is not a usable XML Schema: "
+                              f"{clip(str(exc))}") from exc
 
     # -- plumbing ---------------------------------------------------------------------------
 

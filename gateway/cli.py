@@ -86,14 +86,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     def empty(folder: str) -> None:
         print(f"note: {folder}: no *.xml files in this folder or below", file=sys.stderr)
 
+    factory = checker_factory(settings)
+    factory()  # the schema compiles (under 1 ms), or a ConfigError before any output or worker
     valid = invalid = 0
     progress = _Progress(sys.stderr)
     as_json = args.format == "json"
     if as_json:
         out.write('{"files":[')
     first = True
-    for chunk, results in batch.run(batch.discover(args.paths, missing, empty),
-                                    checker_factory(settings), args.jobs):
+    for chunk, results in batch.run(batch.discover(args.paths, missing, empty), factory,
+                                    args.jobs):
         if not as_json and results.count(None) == len(results):
             valid += len(results)  # the common case: nothing to print
         else:
@@ -247,7 +249,10 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_codec
+
     settings = _settings(args)
+    build_codec(settings)  # the schema compiles (a ConfigError naming schema.path if not)
     counts = ", ".join(f"{name}: {len(v.states)} states"
                        for name, v in settings.mapping.vocabularies.items())
     print(f"configuration OK ({settings.source}; {counts}; "

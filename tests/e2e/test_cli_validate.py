@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import INVALID, SAMPLES, run_cli
 
 
@@ -119,3 +121,24 @@ def test_a_folder_without_xml_files_is_noted(tmp_path: Path) -> None:
     done = run_cli(["validate", str(tmp_path)])
     assert done.returncode == 0 and "0 valid, 0 invalid" in done.stdout
     assert f"note: {tmp_path}: no *.xml files in this folder or below" in done.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["validate", "samples"],
+    ["validate", "--jobs", "2", "--format", "json", "samples"],
+    ["check-config"],
+    ["translate", "from-smile", "samples/SubscriptionEnabled.xml"],
+    ["serve"],
+])
+def test_a_schema_that_does_not_compile_is_a_config_error_naming_schema_path(
+        args: list[str], tmp_path: Path) -> None:
+    schema = tmp_path / "broken.xsd"
+    schema.write_text("<notaschema/>")
+    done = run_cli(args, env={"GATEWAY_SCHEMA__PATH": str(schema),
+                              "GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'g.db'}"},
+                   timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""  # not even the start of a JSON report
+    assert (f"smile-gateway: configuration error: schema.path: {schema} is not a usable XML "
+            f"Schema: The XML document '{schema}' is not a schema document.") in done.stderr
+    assert "Traceback" not in done.stderr
