@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,7 +234,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             return value
         raise ConfigError(key, f"expected an integer, found {value!r}")
     if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) \
+                and math.isfinite(value):
             return float(value)
         raise ConfigError(key, f"expected a number, found {value!r}")
     if kind is str:
@@ -283,7 +285,18 @@ def _message_types(raw: Any, key: str) -> dict[str, bool]:
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # Keys that count something there must be at least one of.
 _COUNTS = (("broker", "max_in_flight"), ("emission", "max_attempts"), ("webhook", "threads"),
-           ("webhook", "max_body_bytes"), ("forward", "attempts"), ("forward", "concurrency"))
+           ("webhook", "max_body_bytes"), ("forward", "attempts"), ("forward", "concurrency"),
+           ("schema", "max_bytes"), ("webhook", "tolerance_s"))
+# Numeric keys with bounds (inclusive; None: none above). Durations are seconds or ms.
+_RANGES: tuple[tuple[str, str, float, float | None], ...] = (
+    ("broker", "port", 1, 65535), ("webhook", "port", 0, 65535),  # webhook 0: any free port
+    ("broker", "heartbeat_ms", 0, None),  # 0: no heart-beats
+    ("broker", "receipt_timeout_s", 0.001, None), ("broker", "reconnect_initial_s", 0.001, None),
+    ("broker", "reconnect_max_s", 0.001, None), ("forward", "timeout_s", 0.001, None),
+    ("forward", "backoff_s", 0, None))
+# Keys that must name something: an empty or blank value is an error, not a default.
+_NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
+          ("inbound", "subscription_name"))
 
 
 def redact_url(url: str) -> str:
@@ -362,4 +375,24 @@ def load_settings(path: str | Path | None = None,
         if getattr(sections[name], key) < 1:
             raise ConfigError(f"{name}.{key}",
                               f"must be at least 1, found {getattr(sections[name], key)}")
+    for name, key, low, high in _RANGES:
+        value = getattr(sections[name], key)
+        if not low <= value <= (high if high is not None else math.inf):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{name}.{key}", f"must be {bounds}, found {value}")
+    for name, key in _NAMED:
+        if not getattr(sections[name], key).strip():
+            raise ConfigError(f"{name}.{key}", "must not be empty")
+    dead = sections["inbound"].dead_letter_destination
+    if dead and not dead.startswith(("/queue/", "/topic/")):
+        raise ConfigError("inbound.dead_letter_destination",
+                          f"{dead!r} is not a STOMP destination",
+                          ("\"\" (store only)", "/queue/NAME", "/topic/NAME"))
+    forward_url = sections["forward"].url
+    if forward_url:
+        parts = urlsplit(forward_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("forward.url", f"{forward_url!r} is not an http(s) URL with a host",
+                              ("\"\" (forwarding off)", "http://HOST[:PORT]/PATH",
+                               "https://HOST[:PORT]/PATH"))
     return Settings(mapping=load_mapping(data.get("mapping")), source=source, **sections)

@@ -71,6 +71,23 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("forward:\n  concurrency: 0\n", "forward.concurrency", "must be at least 1, found 0"),
     ("webhook:\n  threads: -2\n", "webhook.threads", "must be at least 1, found -2"),
     ("forward:\n  attempts: 0\n", "forward.attempts", "must be at least 1"),
+    ("schema:\n  max_bytes: 0\n", "schema.max_bytes", "must be at least 1, found 0"),
+    ("webhook:\n  tolerance_s: -5\n", "webhook.tolerance_s", "must be at least 1, found -5"),
+    ("webhook:\n  port: 99999\n", "webhook.port", "must be from 0 to 65535, found 99999"),
+    ("broker:\n  port: 0\n", "broker.port", "must be from 1 to 65535, found 0"),
+    ("broker:\n  heartbeat_ms: -1\n", "broker.heartbeat_ms", "must be at least 0, found -1"),
+    ("broker:\n  receipt_timeout_s: 0\n", "broker.receipt_timeout_s",
+     "must be at least 0.001, found 0.0"),
+    ("broker:\n  receipt_timeout_s: .inf\n", "broker.receipt_timeout_s",
+     "expected a number, found inf"),
+    ("forward:\n  backoff_s: -1\n", "forward.backoff_s", "must be at least 0, found -1.0"),
+    ("broker:\n  host: ' '\n", "broker.host", "must not be empty"),
+    ("webhook:\n  host: ''\n", "webhook.host", "must not be empty"),
+    ("inbound:\n  dead_letter_destination: dead\n", "inbound.dead_letter_destination",
+     "'dead' is not a STOMP destination"),
+    ("forward:\n  url: localhost:9000/events\n", "forward.url",
+     "'localhost:9000/events' is not an http(s) URL with a host"),
+    ("forward:\n  url: 'http:///events'\n", "forward.url", "is not an http(s) URL with a host"),
 ])
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -79,6 +96,16 @@ def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, wo
         load_settings(cfg, {})
     assert str(caught.value).startswith(key or str(cfg))
     assert words in str(caught.value)
+
+
+def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text("webhook:\n  port: 0\nbroker:\n  port: 65535\n  heartbeat_ms: 0\n"
+                   "forward:\n  url: https://orders.example/events\n  backoff_s: 0\n"
+                   "inbound:\n  dead_letter_destination: /queue/Smile.DLQ\n")
+    s = load_settings(cfg, {})
+    assert (s.webhook.port, s.broker.port, s.broker.heartbeat_ms) == (0, 65535, 0)
+    assert s.forward.url == "https://orders.example/events"
 
 
 def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
