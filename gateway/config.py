@@ -383,6 +383,10 @@ def load_settings(path: str | Path | None = None,
     for name, key in _NAMED:
         if not getattr(sections[name], key).strip():
             raise ConfigError(f"{name}.{key}", "must not be empty")
+    usn_path = sections["webhook"].tmf622_usn_path
+    if not all(part.strip() for part in usn_path.split(".")):
+        raise ConfigError("webhook.tmf622_usn_path", f"{usn_path!r} is not a dotted path of "
+                          "JSON member names", ("event.productOrder.externalId",))
     dead = sections["inbound"].dead_letter_destination
     if dead and not dead.startswith(("/queue/", "/topic/")):
         raise ConfigError("inbound.dead_letter_destination",

@@ -88,6 +88,8 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("forward:\n  url: localhost:9000/events\n", "forward.url",
      "'localhost:9000/events' is not an http(s) URL with a host"),
     ("forward:\n  url: 'http:///events'\n", "forward.url", "is not an http(s) URL with a host"),
+    ("webhook:\n  tmf622_usn_path: event..externalId\n", "webhook.tmf622_usn_path",
+     "'event..externalId' is not a dotted path of JSON member names"),
 ])
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     cfg = tmp_path / "bad.yaml"
