@@ -254,14 +254,14 @@ def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
         node = node.get(part) if isinstance(node, Mapping) else None
     usn = None
     where = "/" + usn_path.replace(".", "/")
+    if isinstance(node, int) and not isinstance(node, bool):
+        node = str(node)  # a numeric externalId names the usn as its digits
     if isinstance(node, str) and node.strip():
         problem = _text_problem(node, ID_CHARS)
         if problem is None:
             usn = node
         else:
             p.add(where, problem)
-    elif isinstance(node, int) and not isinstance(node, bool):
-        usn = str(node)
     else:
         p.add(where, "required: the subscription's usn")
     p.raise_if_any()

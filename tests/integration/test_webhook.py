@@ -169,6 +169,14 @@ def test_the_tmf622_listener_answers_204(client) -> None:
     assert states["order_state"] == "accepted"
     bad = client.post("/listener/productOrderStateChangeEvent", json={"eventId": "x"})
     assert bad.status_code == 422 and "productOrder" in bad.json["detail"]
+    numeric = client.post("/listener/productOrderStateChangeEvent", json={
+        "eventId": "tmf-3", "event": {"productOrder": {"state": "inProgress",
+                                                      "externalId": 2142426762}}})
+    assert numeric.status_code == 204  # a numeric externalId names the usn by its digits
+    long = client.post("/listener/productOrderStateChangeEvent", json={
+        "eventId": "tmf-4", "event": {"productOrder": {"state": "held",
+                                                      "externalId": int("9" * 1100)}}})
+    assert long.status_code == 422 and "at most 1024 characters" in long.json["detail"]
     odd = client.post("/listener/productOrderStateChangeEvent", json={
         "eventId": "tmf-2", "event": {"productOrder": {"state": "accepted",
                                                       "externalId": "2142426762\udfff"}}})
