@@ -90,6 +90,34 @@ def test_a_final_4xx_is_a_dead_letter_that_can_be_replayed(setup) -> None:
     assert relay.run_once() == 1
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@responses.activate
+def test_a_redirect_is_not_followed_but_a_dead_letter_naming_the_location(setup, status) -> None:
+    """requests would follow a 302 with a GET, and a login page's 200 would count as delivered."""
+    service, relay, store = setup
+    responses.post(URL, status=status, headers={"Location": "http://orders.example.test/login"})
+    responses.get("http://orders.example.test/login", status=200)
+    responses.post("http://orders.example.test/login", status=200)
+    accept(service)
+    assert relay.run_once() == 0
+    assert [c.request.url for c in responses.calls] == [URL]
+    [dead] = store.outbox(DEAD)
+    assert f"answered {status} to http://orders.example.test/login: redirects are not " \
+        "followed (set forward.url to where the events go)" in (dead.last_error or "")
+    assert store.outbox(SENT) == []
+
+
+@responses.activate
+def test_a_refusal_keeps_the_start_of_its_body_not_all_of_it(setup) -> None:
+    service, relay, store = setup
+    responses.post(URL, status=422, body=b"E" * 5_000_000)
+    accept(service)
+    relay.run_once()
+    [dead] = store.outbox(DEAD)
+    assert "answered 422: EEEE" in (dead.last_error or "")
+    assert len(dead.last_error or "") < 1000
+
+
 @responses.activate
 def test_bounded_attempts_end_in_a_dead_letter(setup) -> None:
     service, relay, store = setup
