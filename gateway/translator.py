@@ -249,7 +249,7 @@ def check_message(message_type: str, outline: DocumentOutline,
                                    [Violation(0, 0, "", p) for p in problems])
 
 
-_DIGITS = re.compile(r"-?[0-9]{1,20}")
+_DIGITS = re.compile(r"[+-]?[0-9]{1,40}")  # xs:long's lexical form (leading zeros allowed)
 
 
 def _is_integer(value: str | None) -> bool:
