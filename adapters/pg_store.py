@@ -103,6 +103,10 @@ MIGRATIONS: tuple[str, ...] = (
         value BIGINT NOT NULL
     );
     """,
+    # 2: dedupe keys by age, for pruning them in batches (Store.prune)
+    """
+    CREATE INDEX dedupe_by_age ON dedupe (at);
+    """,
 )
 
 

@@ -17,6 +17,7 @@ from gateway.ports import (
     DEAD,
     PENDING,
     SENT,
+    SUPPRESSED,
     Decide,
     NewOutboxItem,
     OutboxItem,
@@ -253,6 +254,39 @@ class SqlStoreBase:
             return count
 
         return self._transact(work)
+
+    def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
+        # The outbox is walked by id, oldest first, a batch per transaction; the walk ends at
+        # the first item created after `before`, as none later can have been done before it.
+        # So a run reads what it deletes and the few old items still pending or dead.
+        outbox = 0
+        after = 0
+        while True:
+            def sweep(conn: Connection, after: int = after) -> tuple[list[Any], int]:
+                rows = conn.execute(
+                    "SELECT id, status, updated_at, created_at FROM outbox WHERE id > ? "
+                    "ORDER BY id LIMIT ?", (after, batch)).fetchall()
+                done = [(id_, SENT, SUPPRESSED, before) for id_, status, updated, _ in rows
+                        if status in (SENT, SUPPRESSED) and updated < before]
+                if done:  # the status again: a replay may have re-queued one meanwhile
+                    conn.executemany("DELETE FROM outbox WHERE id = ? AND status IN (?, ?) "
+                                     "AND updated_at < ?", done)
+                return rows, len(done)
+
+            rows, deleted = self._transact(sweep)
+            outbox += deleted
+            if len(rows) < batch or rows[-1][3] >= before:
+                break
+            after = int(rows[-1][0])
+        dedupe = 0
+        while True:
+            deleted = self._transact(lambda conn: conn.execute(
+                "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE at < ? "
+                "ORDER BY at LIMIT ?)", (before, batch)).rowcount)
+            dedupe += deleted
+            if deleted < batch:
+                break
+        return {"outbox": outbox, "dedupe": dedupe}
 
     # -- dead letters (inbound documents that cannot be accepted) ---------------------------
 

@@ -111,6 +111,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX history_by_usn ON history (usn, id);
     DELETE FROM sqlite_sequence WHERE name = 'history';
     """,
+    # 4: dedupe keys by age, for pruning them in batches (Store.prune)
+    """
+    CREATE INDEX dedupe_by_age ON dedupe (at);
+    """,
 )
 
 def sqlite_path(url: str) -> str:

@@ -19,6 +19,7 @@ from gateway.batch import Checker
 from gateway.config import POSTGRES_SCHEMES, Settings
 from gateway.domain import SubscriptionProvisionResponse
 from gateway.ports import BROKER, FORWARD, Forwarder, InMemoryRequestIds, Publisher, RequestIds
+from gateway.retention import Pruner
 from gateway.translator import Translator
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class Runtime:
     broker_relay: BrokerRelay
     forward_relay: ForwardRelay | None
     consumer: StompConsumer | None
+    pruner: Pruner
     extras: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -113,7 +115,8 @@ def bootstrap(settings: Settings, publisher: Publisher | None = None,
         consumer = StompConsumer(
             settings.broker, settings.inbound, service.consume,
             lambda headers, body, reason: service.dead_letter("broker", reason, headers, body))
-    return Runtime(settings, service, store, broker_relay, forward_relay, consumer)
+    return Runtime(settings, service, store, broker_relay, forward_relay, consumer,
+                   Pruner(store, settings.store.retention_days))
 
 
 def ready_checks(runtime: Runtime) -> dict[str, Callable[[], None]]:

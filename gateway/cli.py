@@ -342,6 +342,26 @@ def cmd_outbox_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_outbox_prune(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_store
+    from gateway.retention import Pruner
+
+    settings = _settings(args)
+    days = settings.store.retention_days if args.older_than_days is None else args.older_than_days
+    if days <= 0:
+        print("smile-gateway: outbox prune: retention is off (store.retention_days: 0); give "
+              "--older-than-days N", file=sys.stderr)
+        return EXIT_USAGE
+    store = build_store(settings)
+    try:
+        pruned = Pruner(store, days).run_once()
+    finally:
+        store.close()
+    print(f"{pruned['outbox']} outbox item(s) (sent or suppressed) and {pruned['dedupe']} "
+          f"dedupe key(s) older than {days:g} days deleted")
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Webhook + outbox relays + broker consumer in one process, until SIGTERM or SIGINT."""
     import signal
@@ -369,6 +389,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if runtime.consumer is not None:
         threads.append(threading.Thread(target=runtime.consumer.run, args=(stop,),
                                         name="consumer"))
+    if settings.store.retention_days > 0:
+        threads.append(threading.Thread(target=runtime.pruner.run, args=(stop,), name="pruner"))
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal %d: stopping (no new requests; finishing those in progress)", signum)
@@ -410,6 +432,16 @@ def _jobs(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, found {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of days above 0, found {text}")
     return value
 
 
@@ -488,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_publish)
 
-    ob = sub.add_parser("outbox", parents=[common], help="inspect and re-queue the outbox")
+    ob = sub.add_parser("outbox", parents=[common],
+                        help="inspect, re-queue and prune the outbox")
     osub = ob.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = osub.add_parser("list", parents=[common], help="list outbox items")
     p.add_argument("--status", choices=OUTBOX_STATUSES)
@@ -499,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=_long, metavar="ID")
     p.add_argument("--dead", action="store_true", help="every dead item")
     p.set_defaults(func=cmd_outbox_replay)
+    p = osub.add_parser("prune", parents=[common],
+                        help="delete sent and suppressed items and dedupe keys past retention")
+    p.add_argument("--older-than-days", type=_days, metavar="N",
+                   help="instead of store.retention_days")
+    p.set_defaults(func=cmd_outbox_prune)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")

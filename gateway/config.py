@@ -63,6 +63,7 @@ class SchemaSettings:
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
     url: str
+    retention_days: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +294,7 @@ _RANGES: tuple[tuple[str, str, float, float | None], ...] = (
     ("broker", "heartbeat_ms", 0, None),  # 0: no heart-beats
     ("broker", "receipt_timeout_s", 0.001, None), ("broker", "reconnect_initial_s", 0.001, None),
     ("broker", "reconnect_max_s", 0.001, None), ("forward", "timeout_s", 0.001, None),
-    ("forward", "backoff_s", 0, None))
+    ("forward", "backoff_s", 0, None), ("store", "retention_days", 0, None))  # 0: keep all
 # Keys that must name something: an empty or blank value is an error, not a default.
 _NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
           ("inbound", "subscription_name"))

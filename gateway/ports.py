@@ -172,6 +172,13 @@ class Store(Protocol):
         """Outbox items per (channel, status)."""
         ...
 
+    def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
+        """Delete what is done with: outbox items sent or suppressed, and dedupe keys, last
+        changed before `before`; pending and dead items, snapshots, history and dead letters
+        stay. Each batch is a short transaction of its own. Returns {"outbox": n,
+        "dedupe": m}."""
+        ...
+
     def ping(self) -> None:
         """Raises StoreError when the store cannot be used."""
         ...

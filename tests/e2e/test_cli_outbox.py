@@ -82,3 +82,31 @@ def test_replay_refuses_an_id_no_store_can_hold_as_a_usage_error(tmp_path: Path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert (f"argument ID: expected a whole number from -9223372036854775808 to "
             f"9223372036854775807, found {2**63}") in done.stderr
+
+
+def test_prune_deletes_old_done_items_and_keeps_the_rest(tmp_path: Path) -> None:
+    import time
+
+    from adapters.sql_store import SqlStore
+    from gateway.ports import BROKER, SUPPRESSED, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    long_ago = time.time() - 40 * 86_400
+    store = SqlStore(env["GATEWAY_STORE__URL"], clock=lambda: long_ago)
+    store.enqueue([NewOutboxItem(BROKER, "old", "u", "SubscriptionEnabled", {}, b"<x/>",
+                                 SUPPRESSED),
+                   NewOutboxItem(BROKER, "waiting", "u2", "SubscriptionEnabled", {}, b"<x/>")])
+    store.clock = time.time
+    store.enqueue([NewOutboxItem(BROKER, "new", "u3", "SubscriptionEnabled", {}, b"<x/>",
+                                 SUPPRESSED)])
+    store.close()
+    done = run_cli(["outbox", "prune"], env=env)  # store.retention_days: 30
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("1 outbox item(s) (sent or suppressed) and 0 dedupe key(s) older "
+                           "than 30 days deleted\n")
+    listed = run_cli(["outbox", "list", "--format", "json"], env=env)
+    assert sorted(i["messageId"] for i in json.loads(listed.stdout)) == ["new", "waiting"]
+    off = run_cli(["outbox", "prune"], env={**env, "GATEWAY_STORE__RETENTION_DAYS": "0"})
+    assert off.returncode == 2 and "retention is off" in off.stderr
+    assert "0 outbox item(s)" in run_cli(["outbox", "prune", "--older-than-days", "0.5"],
+                                         env=env).stdout

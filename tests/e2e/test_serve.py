@@ -178,3 +178,13 @@ def test_a_port_already_taken_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert f"webhook.port: cannot listen on 127.0.0.1:{port}: Address already in use" \
         in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_runs_the_pruner_unless_retention_is_off(tmp_path: Path) -> None:
+    for env, running in (({}, True), ({"GATEWAY_STORE__RETENTION_DAYS": "0"}, False)):
+        (tmp_path / str(running)).mkdir()
+        gw = GatewayProcess(tmp_path / str(running), env).start()
+        assert gw.stop() == 0, gw.log.read_text()
+        log = gw.log.read_text()
+        assert ("pruner started retention_days=30" in log) is running, log
+        assert ("pruner stopped" in log) is running, log

@@ -88,6 +88,7 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("forward:\n  url: localhost:9000/events\n", "forward.url",
      "'localhost:9000/events' is not an http(s) URL with a host"),
     ("forward:\n  url: 'http:///events'\n", "forward.url", "is not an http(s) URL with a host"),
+    ("store:\n  retention_days: -1\n", "store.retention_days", "must be at least 0, found -1"),
     ("webhook:\n  tmf622_usn_path: event..externalId\n", "webhook.tmf622_usn_path",
      "'event..externalId' is not a dotted path of JSON member names"),
 ])
