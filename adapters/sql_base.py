@@ -305,5 +305,16 @@ class SqlStoreBase:
         rows = self._read(lambda c: c.execute(
             "SELECT id, source, reason, headers, body, at FROM dead_letters ORDER BY id DESC "
             "LIMIT ?", (limit,)).fetchall())
-        return [{"id": i, "source": s, "reason": r, "headers": json.loads(h),
-                 "body": bytes(b), "at": at} for i, s, r, h, b, at in reversed(rows)]
+        return [self._letter(row) for row in reversed(rows)]
+
+    def dead_letter(self, letter_id: int) -> dict[str, Any] | None:
+        row = self._read(lambda c: c.execute(
+            "SELECT id, source, reason, headers, body, at FROM dead_letters WHERE id = ?",
+            (letter_id,)).fetchone())
+        return None if row is None else self._letter(row)
+
+    @staticmethod
+    def _letter(row: tuple[Any, ...]) -> dict[str, Any]:
+        id_, source, reason, headers, body, at = row
+        return {"id": id_, "source": source, "reason": reason, "headers": json.loads(headers),
+                "body": bytes(body), "at": at}

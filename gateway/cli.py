@@ -362,6 +362,58 @@ def cmd_outbox_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _iso(at: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+
+
+def cmd_dead_letters_list(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_store
+
+    store = build_store(_settings(args))
+    try:
+        letters = store.dead_letters(args.limit)
+    finally:
+        store.close()
+    if args.format == "json":
+        json.dump([{"id": d["id"], "at": _iso(d["at"]), "source": d["source"],
+                    "reason": d["reason"], "headers": d["headers"], "bytes": len(d["body"])}
+                   for d in letters], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"{'id':>6}  {'at (UTC)':25} {'source':8} {'bytes':>7}  reason")
+    for d in letters:
+        reason = " ".join(d["reason"].split())
+        print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {len(d['body']):>7}  "
+              f"{reason[:120]}")
+    print(f"{len(letters)} dead letter(s)")
+    return EXIT_OK
+
+
+def cmd_dead_letters_show(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import build_store
+
+    store = build_store(_settings(args))
+    try:
+        letter = store.dead_letter(args.id)
+    finally:
+        store.close()
+    if letter is None:
+        print(f"smile-gateway: no dead letter {args.id} (`dead-letters list` shows them)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    # the document as it came, on stdout (to fix and post again, or to validate); the rest on
+    # stderr, so that a redirect of stdout holds the document alone
+    print(f"# dead letter {letter['id']}, {letter['source']}, {_iso(letter['at'])}: "
+          f"{letter['reason']}", file=sys.stderr)
+    for name, value in sorted(letter["headers"].items()):
+        print(f"# {name}: {value}", file=sys.stderr)
+    sys.stdout.buffer.write(letter["body"])
+    sys.stdout.flush()
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Webhook + outbox relays + broker consumer in one process, until SIGTERM or SIGINT."""
     import signal
@@ -532,6 +584,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=_long, metavar="ID")
     p.add_argument("--dead", action="store_true", help="every dead item")
     p.set_defaults(func=cmd_outbox_replay)
+    dl = sub.add_parser("dead-letters", parents=[common],
+                        help="inbound documents that could not be accepted")
+    dsub = dl.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = dsub.add_parser("list", parents=[common], help="the newest dead letters, with reasons")
+    p.add_argument("--limit", type=_jobs, default=100)
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_dead_letters_list)
+    p = dsub.add_parser("show", parents=[common],
+                        help="one dead letter's document on stdout, its reason on stderr")
+    p.add_argument("id", type=_long, metavar="ID")
+    p.set_defaults(func=cmd_dead_letters_show)
     p = osub.add_parser("prune", parents=[common],
                         help="delete sent and suppressed items and dedupe keys past retention")
     p.add_argument("--older-than-days", type=_days, metavar="N",

@@ -110,3 +110,28 @@ def test_prune_deletes_old_done_items_and_keeps_the_rest(tmp_path: Path) -> None
     assert off.returncode == 2 and "retention is off" in off.stderr
     assert "0 outbox item(s)" in run_cli(["outbox", "prune", "--older-than-days", "0.5"],
                                          env=env).stdout
+
+
+def test_dead_letters_are_listed_and_one_is_shown_as_it_came(tmp_path: Path) -> None:
+    from adapters.sql_store import SqlStore
+
+    env = env_for(tmp_path, "/queue/x")
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    body = b"<?xml version='1.0'?>\n<Broken>\xff</Broken>"
+    first = store.add_dead_letter("broker", "not well-formed:\n  bad byte", {"usn": "u1"}, body)
+    store.add_dead_letter("webhook", "unknown smileMessageType 'Nope'", {}, b"<x/>")
+    store.close()
+    listed = run_cli(["dead-letters", "list"], env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[1].split()[0] == str(first) and lines[1].endswith(
+        f"broker   {len(body):>7}  not well-formed: bad byte")
+    assert lines[-1] == "2 dead letter(s)"
+    as_json = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
+    assert [(d["source"], d["bytes"], d["headers"]) for d in as_json] == [
+        ("broker", len(body), {"usn": "u1"}), ("webhook", 4, {})]
+    shown = run_cli(["dead-letters", "show", str(first)], env=env, stdin=b"")
+    assert shown.returncode == 0 and shown.stdout == body  # the bytes as they came
+    assert b"# usn: u1" in shown.stderr and b"not well-formed" in shown.stderr
+    missing = run_cli(["dead-letters", "show", "999"], env=env)
+    assert missing.returncode == 1 and "no dead letter 999" in missing.stderr

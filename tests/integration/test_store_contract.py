@@ -190,6 +190,8 @@ def test_dead_letters_keep_their_bytes(store) -> None:
     assert [(d["source"], d["body"], d["headers"]) for d in letters] == [
         ("broker", b"<\x00", {"usn": "u1"}), ("webhook", b"", {})]
     assert len(letters[1]["reason"]) <= 2000
+    assert store.dead_letter(first) == letters[0]
+    assert store.dead_letter(second + 1) is None
 
 
 def test_history_comes_oldest_first_and_limited_to_the_newest(store) -> None:
