@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import requests
 
@@ -54,6 +56,7 @@ class RequestsForwarder:
                 status = response.status_code
                 head = _head(response)
                 location = response.headers.get("Location")
+                retry_after = _retry_after(response.headers.get("Retry-After"))
         except requests.RequestException as exc:
             raise ForwardError(f"POST {self.settings.url} failed: {exc}") from exc
         if 200 <= status < 300:
@@ -64,7 +67,7 @@ class RequestsForwarder:
                        "the events go)" if location else ": redirects are not followed")
         if head:
             detail += f": {clip(head.decode('utf-8', 'replace'))}"
-        raise ForwardError(detail, retryable=status in RETRYABLE_STATUS)
+        raise ForwardError(detail, retryable=status in RETRYABLE_STATUS, retry_after=retry_after)
 
 
 def _head(response: requests.Response) -> bytes:
@@ -77,3 +80,20 @@ def _head(response: requests.Response) -> bytes:
         if len(head) >= _DETAIL_BYTES:
             break
     return head[:_DETAIL_BYTES]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After (RFC 9110 §10.2.3) in seconds from now: delay-seconds or an HTTP-date;
+    None when absent or unreadable (the relay's own backoff then)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

@@ -123,10 +123,13 @@ class PublishError(DeliveryError):
 
 
 class ForwardError(DeliveryError):
-    """The order system did not accept a forwarded event."""
+    """The order system did not accept a forwarded event; `retry_after`: the seconds it asked
+    for before the next try (Retry-After), if it did."""
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
+    def __init__(self, message: str, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
         self.retryable = retryable
+        self.retry_after = retry_after
         super().__init__(message)
 
 

@@ -47,6 +47,9 @@ def retry_delay(attempts: int, base: float, maximum: float = 300.0) -> float:
     return min(maximum, base * 2.0 ** max(0, attempts - 1))
 
 
+RETRY_AFTER_MAX_S = 3600.0  # the longest Retry-After honoured: a wait stays bounded
+
+
 class BrokerRelay:
     """Publishes pending broker rows in order, many receipts in flight per batch."""
 
@@ -198,9 +201,10 @@ class ForwardRelay:
                 tries, dead = item.attempts + 1, self._final(item, failure)
                 log.warning("forward failed outbox_id=%d attempt=%d dead=%s error=%s",
                             item.id, tries, dead, failure)
-                self.store.mark_failed(item.id, str(failure),
-                                       self.clock() + retry_delay(tries, self.settings.backoff_s),
-                                       dead)
+                delay = retry_delay(tries, self.settings.backoff_s)
+                if failure.retry_after is not None:  # the order system said when: no sooner
+                    delay = max(delay, min(failure.retry_after, RETRY_AFTER_MAX_S))
+                self.store.mark_failed(item.id, str(failure), self.clock() + delay, dead)
         finally:
             if sent:
                 self.store.mark_sent(sent)

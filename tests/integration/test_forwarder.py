@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -75,6 +77,35 @@ def test_retryable_failures_are_retried_then_delivered(setup, failure) -> None:
     assert item.attempts == 1 and item.last_error
     assert relay.run_once() == 1
     assert store.outbox(PENDING) == []
+
+
+@pytest.mark.parametrize(("retry_after", "wait_s"), [
+    ("120", 120.0),
+    ("99999999", 3600.0),  # honoured up to an hour: a wait stays bounded
+    ("not a date", 0.0),  # unreadable: the relay's own backoff (0 s in this setup)
+])
+@responses.activate
+def test_a_retry_after_is_honoured_before_the_next_try(setup, retry_after, wait_s) -> None:
+    service, relay, store = setup
+    responses.post(URL, status=429, headers={"Retry-After": retry_after})
+    accept(service)
+    before = time.time()
+    assert relay.run_once() == 0
+    [item] = store.outbox(PENDING)
+    assert "answered 429" in (item.last_error or "")
+    if wait_s:
+        assert store.claim(FORWARD, 10, now=before + wait_s - 5) == []
+    assert [i.id for i in store.claim(FORWARD, 10, now=time.time() + wait_s + 5)] == [item.id]
+
+
+def test_a_retry_after_date_is_read_as_the_seconds_until_it() -> None:
+    from email.utils import format_datetime
+
+    from adapters.http_forwarder import _retry_after
+
+    soon = datetime.now(UTC) + timedelta(seconds=90)
+    assert 80 <= (_retry_after(format_datetime(soon, usegmt=True)) or 0) <= 90
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
 
 
 @responses.activate
