@@ -313,6 +313,11 @@ class SqlStoreBase:
             (letter_id,)).fetchone())
         return None if row is None else self._letter(row)
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT source, COUNT(*) FROM dead_letters GROUP BY source").fetchall())
+        return {source: n for source, n in rows}
+
     @staticmethod
     def _letter(row: tuple[Any, ...]) -> dict[str, Any]:
         id_, source, reason, headers, body, at = row

@@ -101,8 +101,9 @@ def _translate(exc: Exception) -> Response:
     return problem(500, "Internal Server Error", "unexpected error; see the gateway's log")
 
 
-class _OutboxCollector:
-    """Outbox sizes per channel and status, read from the store at scrape time."""
+class _StoreCollector:
+    """Outbox sizes per channel and status, and dead letters per source, read from the store
+    at scrape time."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -110,12 +111,18 @@ class _OutboxCollector:
     def collect(self) -> Any:
         family = GaugeMetricFamily("smile_gateway_outbox_items", "Outbox items by status",
                                    labels=["channel", "status"])
+        letters = GaugeMetricFamily("smile_gateway_dead_letters",
+                                    "Inbound documents refused and kept, by source",
+                                    labels=["source"])
         try:
             for (channel, status), count in sorted(self.store.counts().items()):
                 family.add_metric([channel, status], count)
+            for source, count in sorted(self.store.dead_letter_counts().items()):
+                letters.add_metric([source], count)
         except StoreError:
             pass
         yield family
+        yield letters
 
 
 def create_app(service: GatewayService, settings: Settings,
@@ -139,7 +146,7 @@ def create_app(service: GatewayService, settings: Settings,
     accepted = Counter("smile_gateway_documents_accepted", "Smile documents accepted",
                        ["source"], registry=registry)
     accepted_webhook = accepted.labels("webhook")
-    registry.register(_OutboxCollector(service.store))
+    registry.register(_StoreCollector(service.store))
 
     # Labelled children by (route, status): routes and statuses are few, and a labels() call
     # costs more than the increment itself.

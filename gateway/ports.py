@@ -172,6 +172,10 @@ class Store(Protocol):
 
     def dead_letter(self, letter_id: int) -> dict[str, Any] | None: ...
 
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters per source."""
+        ...
+
     def counts(self) -> dict[tuple[str, str], int]:
         """Outbox items per (channel, status)."""
         ...

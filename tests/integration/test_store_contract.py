@@ -192,6 +192,7 @@ def test_dead_letters_keep_their_bytes(store) -> None:
     assert len(letters[1]["reason"]) <= 2000
     assert store.dead_letter(first) == letters[0]
     assert store.dead_letter(second + 1) is None
+    assert store.dead_letter_counts() == {"broker": 1, "webhook": 1}
 
 
 def test_history_comes_oldest_first_and_limited_to_the_newest(store) -> None:

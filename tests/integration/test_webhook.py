@@ -259,6 +259,21 @@ def test_health_readiness_metrics_and_openapi(client) -> None:
     assert spec["openapi"].startswith("3.")
 
 
+def test_metrics_count_the_outbox_and_the_dead_letters_from_the_store(settings, codec,
+                                                                     tmp_path) -> None:
+    client, service = build(settings, codec, tmp_path)
+    assert "# TYPE smile_gateway_dead_letters gauge" in client.get("/metrics").data.decode()
+    service.store.add_dead_letter("broker", "not well-formed", {}, b"<")
+    service.store.add_dead_letter("broker", "unknown smileMessageType", {}, b"<x/>")
+    seed(client)
+    metrics = client.get("/metrics").data.decode()
+    assert 'smile_gateway_dead_letters{source="broker"} 2.0' in metrics
+    client.post("/orders/events", json={"eventId": "e-m", "usn": "2142426762",
+                                        "vocabulary": "order", "state": "accepted"})
+    metrics = client.get("/metrics").data.decode()
+    assert 'smile_gateway_outbox_items{channel="broker",status="suppressed"} 1.0' in metrics
+
+
 def test_the_openapi_file_describes_every_route(client) -> None:
     spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
     app_routes = {r.rule.replace("<path:usn>", "{usn}")
