@@ -88,6 +88,10 @@ class SqlStoreBase:
     def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
         raise NotImplementedError
 
+    def lock_for_serving(self) -> None:
+        """Claim the store for one serving process where only one may relay from it (SQLite);
+        a StoreError naming the holder if another has it. Several may share PostgreSQL."""
+
     def close(self) -> None:
         raise NotImplementedError
 

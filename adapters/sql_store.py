@@ -9,15 +9,17 @@ SqlStoreBase's (adapters/sql_base.py), shared with the PostgreSQL store.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from adapters.sql_base import OUTBOX_COLUMNS, Connection, SqlStoreBase
 from gateway.errors import ConfigError, StoreError
@@ -185,6 +187,7 @@ class SqlStore(SqlStoreBase):
         self._leading = False  # a leader owns _writer and _open (under _queue_lock)
         self._open: list[_Job] = []  # run in the open transaction, not yet committed
         self._writer: sqlite3.Connection | None = None
+        self._serving: TextIO | None = None  # the serve lock's file, while held
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -424,6 +427,33 @@ class SqlStore(SqlStoreBase):
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare the store {self.url}: {exc}") from exc
 
+    def lock_for_serving(self) -> None:
+        # Two processes relaying from one SQLite file would both claim a subscription's rows
+        # and could send them out of order: its claims are not locked across processes, as
+        # PostgreSQL's are. An flock on a file beside the database, held while this store is
+        # open, lets one `serve` at a time have it (the kernel frees it if the process dies).
+        if self.path == ":memory:" or self._serving is not None:
+            return
+        lock_path = f"{self.path}.serve-lock"
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 (held until close)
+        except OSError as exc:
+            raise StoreError(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StoreError(
+                f"the store {self.url} is already served by {holder}: one `smile-gateway "
+                "serve` serves a SQLite store (several share a PostgreSQL one)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._serving = handle
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -431,6 +461,9 @@ class SqlStore(SqlStoreBase):
             self._all.clear()
         self._local = threading.local()
         self._writer = None
+        if self._serving is not None:
+            self._serving.close()  # and with it the lock
+            self._serving = None
 
     def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
         # Oldest first; an item waits while an older pending item of its subscription is

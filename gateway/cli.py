@@ -426,6 +426,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.logging)
     runtime = bootstrap(settings)
     try:
+        runtime.store.lock_for_serving()
         server = build_http_server(runtime, ready_checks(runtime))
     except BaseException:
         runtime.close()

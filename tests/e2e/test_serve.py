@@ -188,3 +188,22 @@ def test_serve_runs_the_pruner_unless_retention_is_off(tmp_path: Path) -> None:
         log = gw.log.read_text()
         assert ("pruner started retention_days=30" in log) is running, log
         assert ("pruner stopped" in log) is running, log
+
+
+def test_a_second_serve_on_one_sqlite_store_is_refused_until_the_first_stops(
+        tmp_path: Path) -> None:
+    """Two relays on one SQLite file could send a subscription's messages out of order."""
+    first = GatewayProcess(tmp_path, {}).start()
+    store = first.env["GATEWAY_STORE__URL"]
+    try:
+        second = run_cli(["serve"], env={"GATEWAY_STORE__URL": store,
+                                         "GATEWAY_WEBHOOK__PORT": "0"}, timeout=30)
+        assert second.returncode == 1
+        assert (f"store error: the store {store} is already served by pid {first.proc.pid}: "
+                "one `smile-gateway serve` serves a SQLite store") in second.stderr
+        assert requests.get(f"{first.url}/healthz", timeout=5).status_code == 200
+    finally:
+        assert first.stop() == 0, first.log.read_text()
+    (tmp_path / "again").mkdir()
+    again = GatewayProcess(tmp_path / "again", {"GATEWAY_STORE__URL": store}).start()
+    assert again.stop() == 0, again.log.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -264,3 +265,16 @@ def test_an_in_memory_store_is_one_database_for_every_thread() -> None:
     assert store.subscription("m") is not None  # written by another thread, read here
     store.enqueue([NewOutboxItem(BROKER, "x", "m", "SubscriptionUpdated", {}, b"<x/>")])
     assert [i.message_id for i in store.claim(BROKER, 10, 1e12)] == ["x"]
+
+
+def test_one_store_object_at_a_time_holds_the_serve_lock(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    first, second = SqlStore(url), SqlStore(url)
+    first.lock_for_serving()
+    first.lock_for_serving()  # held already: nothing to do
+    with pytest.raises(StoreError, match=f"already served by pid {os.getpid()}"):
+        second.lock_for_serving()
+    first.close()  # frees it
+    second.lock_for_serving()
+    second.close()
+    SqlStore("sqlite:///:memory:").lock_for_serving()  # nothing to share: no lock
