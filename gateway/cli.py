@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import TextIO
 
 from gateway import __version__, batch
@@ -363,8 +364,6 @@ def cmd_outbox_prune(args: argparse.Namespace) -> int:
 
 
 def _iso(at: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
@@ -585,6 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=_long, metavar="ID")
     p.add_argument("--dead", action="store_true", help="every dead item")
     p.set_defaults(func=cmd_outbox_replay)
+    p = osub.add_parser("prune", parents=[common],
+                        help="delete sent and suppressed items and dedupe keys past retention")
+    p.add_argument("--older-than-days", type=_days, metavar="N",
+                   help="instead of store.retention_days")
+    p.set_defaults(func=cmd_outbox_prune)
+
     dl = sub.add_parser("dead-letters", parents=[common],
                         help="inbound documents that could not be accepted")
     dsub = dl.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -596,11 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one dead letter's document on stdout, its reason on stderr")
     p.add_argument("id", type=_long, metavar="ID")
     p.set_defaults(func=cmd_dead_letters_show)
-    p = osub.add_parser("prune", parents=[common],
-                        help="delete sent and suppressed items and dedupe keys past retention")
-    p.add_argument("--older-than-days", type=_days, metavar="N",
-                   help="instead of store.retention_days")
-    p.set_defaults(func=cmd_outbox_prune)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")
