@@ -477,14 +477,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 Command = Callable[[argparse.Namespace], int]
 
 
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (up to `high`, when there is one)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number, found {text!r}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, found {text}")
+        return value
+
+    return parse
+
+
+_jobs = _whole_number(1)  # counts: --jobs, --limit
+_long = _whole_number(*LONG_RANGE)  # ids as the schema types them, and a store column holds
 
 
 def _days(text: str) -> float:
@@ -494,18 +507,6 @@ def _days(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of days, found {text!r}") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of days above 0, found {text}")
-    return value
-
-
-def _long(text: str) -> int:
-    """An id as the schema types them (xs:long), which is also what a store column holds."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
-    if not LONG_RANGE[0] <= value <= LONG_RANGE[1]:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number from {LONG_RANGE[0]} to {LONG_RANGE[1]}, found {text}")
     return value
 
 
