@@ -92,6 +92,9 @@ class SqlStoreBase:
         """Claim the store for one serving process where only one may relay from it (SQLite);
         a StoreError naming the holder if another has it. Several may share PostgreSQL."""
 
+    def take_relay(self, channel: str) -> str | None:
+        return None  # claims locked across processes (PostgreSQL): any number may relay
+
     def close(self) -> None:
         raise NotImplementedError
 

@@ -187,7 +187,7 @@ class SqlStore(SqlStoreBase):
         self._leading = False  # a leader owns _writer and _open (under _queue_lock)
         self._open: list[_Job] = []  # run in the open transaction, not yet committed
         self._writer: sqlite3.Connection | None = None
-        self._serving: TextIO | None = None  # the serve lock's file, while held
+        self._held: dict[str, TextIO] = {}  # the flocks held (serve, relays): their files
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -432,9 +432,25 @@ class SqlStore(SqlStoreBase):
         # and could send them out of order: its claims are not locked across processes, as
         # PostgreSQL's are. An flock on a file beside the database, held while this store is
         # open, lets one `serve` at a time have it (the kernel frees it if the process dies).
-        if self.path == ":memory:" or self._serving is not None:
+        if self.path == ":memory:" or "serve" in self._held:
             return
-        lock_path = f"{self.path}.serve-lock"
+        holder = self._flock("serve", f"{self.path}.serve-lock")
+        if holder is not None:
+            raise StoreError(
+                f"the store {self.url} is already served by {holder}: one `smile-gateway "
+                "serve` serves a SQLite store (several share a PostgreSQL one)")
+
+    def take_relay(self, channel: str) -> str | None:
+        # The same reason as the serve lock, for `publish` beside `serve`: one process at a
+        # time relays a channel's rows from this file; the others wait for it.
+        name = f"{channel}-relay"
+        if self.path == ":memory:" or name in self._held:
+            return None
+        return self._flock(name, f"{self.path}.{name}-lock")
+
+    def _flock(self, name: str, lock_path: str) -> str | None:
+        """Hold an exclusive flock on `lock_path` until close, as `name`: None once held,
+        else who holds it ("pid N", written into the file by its holder)."""
         try:
             handle = open(lock_path, "a+")  # noqa: SIM115 (held until close)
         except OSError as exc:
@@ -445,14 +461,13 @@ class SqlStore(SqlStoreBase):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise StoreError(
-                f"the store {self.url} is already served by {holder}: one `smile-gateway "
-                "serve` serves a SQLite store (several share a PostgreSQL one)") from None
+            return holder
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
-        self._serving = handle
+        self._held[name] = handle
+        return None
 
     def close(self) -> None:
         with self._lock:
@@ -461,9 +476,9 @@ class SqlStore(SqlStoreBase):
             self._all.clear()
         self._local = threading.local()
         self._writer = None
-        if self._serving is not None:
-            self._serving.close()  # and with it the lock
-            self._serving = None
+        for handle in self._held.values():
+            handle.close()  # and with it the lock
+        self._held.clear()
 
     def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
         # Oldest first; an item waits while an older pending item of its subscription is

@@ -282,8 +282,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
             print("note: emission.enabled is false; `publish` sends anyway, as asked",
                   file=sys.stderr)
         budget = settings.broker.receipt_timeout_s * max(2, settings.emission.max_attempts)
-        runtime.broker_relay.drain(time.time() + budget)
-        items = {i.message_id: i for i in runtime.store.outbox_by_message_ids(ids)}
+        relay = runtime.broker_relay
+        items = {i.message_id: i for i in relay.deliver(ids, time.time() + budget)}
+        if relay.waiting_for is not None:
+            print(f"note: {relay.waiting_for} relays from this store (a `serve`, or another "
+                  "`publish`): the messages were left to it", file=sys.stderr)
         confirmed = 0
         for path, message_id in zip(args.files, ids, strict=True):
             item = items[message_id]

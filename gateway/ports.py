@@ -151,6 +151,13 @@ class Store(Protocol):
         """Pending items ready to send, oldest first, none behind a waiting one of its usn."""
         ...
 
+    def take_relay(self, channel: str) -> str | None:
+        """Take this process's turn to relay `channel` where only one process at a time may
+        (SQLite, whose claims are not locked across processes): None once this store holds
+        it (until close), else who holds it ("pid N"). None always where claims are locked
+        across processes (PostgreSQL)."""
+        ...
+
     def mark_sent(self, ids: Sequence[int]) -> None: ...
 
     def mark_failed(self, item_id: int, error: str, retry_at: float, dead: bool) -> None: ...

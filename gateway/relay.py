@@ -11,12 +11,21 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.config import BrokerSettings, EmissionSettings, ForwardSettings
 from gateway.errors import ForwardError, PublishError, StoreError
-from gateway.ports import BROKER, FORWARD, Envelope, Forwarder, OutboxItem, Publisher, Store
+from gateway.ports import (
+    BROKER,
+    FORWARD,
+    PENDING,
+    Envelope,
+    Forwarder,
+    OutboxItem,
+    Publisher,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,21 @@ class BrokerRelay:
         self.clock = clock
         self.backoff = Backoff(broker.reconnect_initial_s, broker.reconnect_max_s)
         self.wake = threading.Event()
+        self.waiting_for: str | None = None  # who relays from the store instead, if another
+
+    def our_turn(self) -> bool:
+        """Whether this process relays the store's broker rows (on SQLite one process at a
+        time does: two would send a subscription's rows twice and out of order)."""
+        holder = self.store.take_relay(BROKER)
+        if holder is None:
+            if self.waiting_for is not None:
+                log.info("broker relay taking over from %s", self.waiting_for)
+            self.waiting_for = None
+            return True
+        if holder != self.waiting_for:
+            log.info("broker relay waiting: %s relays from this store", holder)
+        self.waiting_for = holder
+        return False
 
     def run_once(self) -> int:
         """One batch: returns how many were confirmed. Raises PublishError on a broken
@@ -90,9 +114,10 @@ class BrokerRelay:
         return len(outcome.confirmed)
 
     def drain(self, deadline: float) -> int:
-        """Publish until nothing is ready or the deadline passes (for `publish` and tests)."""
+        """Publish until nothing is ready or the deadline passes (for `publish` and tests);
+        nothing while another process relays from the store."""
         sent = 0
-        while self.clock() < deadline:
+        while self.clock() < deadline and self.our_turn():
             try:
                 n = self.run_once()
             except PublishError as exc:
@@ -106,11 +131,28 @@ class BrokerRelay:
             sent += n
         return sent
 
+    def deliver(self, message_ids: Sequence[str], deadline: float,
+                poll_s: float = 0.2) -> list[OutboxItem]:
+        """For `publish`: relay as `drain` does, or, while another process relays from the
+        store, wait for it to send these rows (or give up on them) until the deadline.
+        Returns the rows as they are then."""
+        while not self.our_turn():
+            items = self.store.outbox_by_message_ids(message_ids)
+            left = deadline - self.clock()
+            if left <= 0 or all(i.status != PENDING for i in items):
+                return items
+            time.sleep(min(poll_s, left))
+        self.drain(deadline)
+        return self.store.outbox_by_message_ids(message_ids)
+
     def run(self, stop: threading.Event, idle_s: float = 0.5) -> None:
         """Until `stop` is set: publish, back off on failure, sleep when idle."""
         log.info("broker relay started destination=%s", self.emission.destination)
         while not stop.is_set():
             try:
+                if not self.our_turn():  # `publish` is relaying: after it, this one
+                    stop.wait(idle_s)
+                    continue
                 n = self.run_once()
             except PublishError as exc:
                 delay = self.backoff.next_delay()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.brokers import receive, require_broker, unique_queue
 from tests.conftest import INVALID, SAMPLES, run_cli
+from tests.e2e.servers import GatewayProcess
 
 
 def env_for(tmp_path: Path, queue: str) -> dict[str, str]:
@@ -31,6 +32,28 @@ def test_publish_waits_for_the_broker_and_the_outbox_shows_it(tmp_path: Path) ->
     items = json.loads(listed.stdout)
     assert [(i["status"], i["kind"]) for i in items] == [
         ("sent", "SubscriptionReadyToProvision")] * 2
+
+
+def test_publish_beside_a_running_serve_leaves_the_sending_to_it(tmp_path: Path) -> None:
+    """One SQLite file, two relays would send the same rows: `publish` waits for serve's."""
+    require_broker()
+    queue = unique_queue("cli-publish-serve")
+    env = env_for(tmp_path, queue)
+    gateway = GatewayProcess(tmp_path, {**env, "GATEWAY_EMISSION__ENABLED": "true"}).start()
+    try:
+        files = [str(SAMPLES / "SubscriptionEnabled.xml")] * 2
+        done = run_cli(["publish", "--message-type", "SubscriptionEnabled", *files], env=env)
+        assert done.returncode == 0, done.stderr
+        assert "2 of 2 confirmed by the broker" in done.stdout
+        assert (f"note: pid {gateway.proc.pid} relays from this store (a `serve`, or another "
+                "`publish`): the messages were left to it") in done.stderr
+        frames = receive(queue, 3, timeout=10, idle=3)
+        ids = [f.headers["gateway-message-id"] for f in frames]
+        assert len(ids) == 2 and len(set(ids)) == 2, ids  # each once
+    finally:
+        assert gateway.stop() == 0, gateway.log.read_text()
+    alone = run_cli(["publish", "--message-type", "SubscriptionEnabled", files[0]], env=env)
+    assert alone.returncode == 0 and "relays from this store" not in alone.stderr  # it sent
 
 
 def test_publish_refuses_an_invalid_file_and_sends_nothing(tmp_path: Path) -> None:

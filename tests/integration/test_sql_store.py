@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,12 +15,17 @@ from adapters.sql_store import MIGRATIONS, SqlStore
 from gateway.errors import StoreError, TransitionError
 from gateway.ports import (
     BROKER,
+    FORWARD,
+    SENT,
     Decide,
     Decision,
+    Envelope,
     InMemoryRequestIds,
     NewOutboxItem,
+    PublishOutcome,
     SubscriptionRecord,
 )
+from gateway.relay import BrokerRelay
 from gateway.service import GatewayService
 from gateway.translator import Translator
 from tests.brokers import wait_until
@@ -278,3 +285,65 @@ def test_one_store_object_at_a_time_holds_the_serve_lock(tmp_path: Path) -> None
     second.lock_for_serving()
     second.close()
     SqlStore("sqlite:///:memory:").lock_for_serving()  # nothing to share: no lock
+
+
+def test_one_store_object_at_a_time_relays_a_channel_from_a_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    first, second = SqlStore(url), SqlStore(url)
+    assert first.take_relay(BROKER) is None
+    assert first.take_relay(BROKER) is None  # held already
+    assert second.take_relay(BROKER) == f"pid {os.getpid()}"
+    assert second.take_relay(FORWARD) is None  # a channel of its own
+    first.lock_for_serving()  # and the serve lock is another
+    first.close()  # frees it
+    assert second.take_relay(BROKER) is None
+    second.close()
+    assert SqlStore("sqlite:///:memory:").take_relay(BROKER) is None
+
+
+class Confirming:
+    """A Publisher whose broker confirms everything, recording what it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def publish(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
+        self.sent += [e.headers["gateway-message-id"] for e in envelopes]
+        return PublishOutcome(tuple(e.item_id for e in envelopes), {})
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_relay_waits_while_another_process_relays_and_then_takes_over(tmp_path: Path,
+                                                                        settings) -> None:
+    """`publish` beside `serve` on one SQLite file: one relay sends, the other waits."""
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    serving, publishing = SqlStore(url), SqlStore(url)
+    serve_side, publish_side = Confirming(), Confirming()
+    relays = [BrokerRelay(store, publisher, settings.emission, settings.broker)
+              for store, publisher in ((serving, serve_side), (publishing, publish_side))]
+    stop = threading.Event()
+    thread = threading.Thread(target=relays[0].run, args=(stop,), kwargs={"idle_s": 0.05})
+    thread.start()
+    try:
+        wait_until(lambda: publishing.take_relay(BROKER) is not None, 10,
+                   what="the serving relay to take its turn")
+        publishing.enqueue([NewOutboxItem(BROKER, f"m{n}", "u", "SubscriptionUpdated",
+                                          {"gateway-message-id": f"m{n}"}, b"<x/>")
+                            for n in range(3)])
+        assert relays[1].drain(time.time() + 5) == 0  # not its turn: sends nothing
+        items = relays[1].deliver(["m0", "m1", "m2"], time.time() + 10, poll_s=0.02)
+        assert [i.status for i in items] == [SENT] * 3
+        assert relays[1].waiting_for == f"pid {os.getpid()}"
+        assert serve_side.sent == ["m0", "m1", "m2"] and publish_side.sent == []
+    finally:
+        stop.set()
+        thread.join(10)
+    serving.close()  # the serving relay is gone: the other takes over
+    publishing.enqueue([NewOutboxItem(BROKER, "m3", "u", "SubscriptionUpdated",
+                                      {"gateway-message-id": "m3"}, b"<x/>")])
+    [item] = relays[1].deliver(["m3"], time.time() + 10)
+    assert item.status == SENT and publish_side.sent == ["m3"]
+    assert relays[1].waiting_for is None
+    publishing.close()
