@@ -429,6 +429,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runtime = bootstrap(settings)
     try:
         runtime.store.lock_for_serving()
+        if settings.emission.enabled:  # the relay's turn from the start, unless a `publish`
+            runtime.broker_relay.our_turn()  # is sending (then after it)
         server = build_http_server(runtime, ready_checks(runtime))
     except BaseException:
         runtime.close()

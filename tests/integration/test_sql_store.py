@@ -323,12 +323,11 @@ def test_a_relay_waits_while_another_process_relays_and_then_takes_over(tmp_path
     serve_side, publish_side = Confirming(), Confirming()
     relays = [BrokerRelay(store, publisher, settings.emission, settings.broker)
               for store, publisher in ((serving, serve_side), (publishing, publish_side))]
+    assert serving.take_relay(BROKER) is None  # serve's relay has its turn first
     stop = threading.Event()
     thread = threading.Thread(target=relays[0].run, args=(stop,), kwargs={"idle_s": 0.05})
     thread.start()
     try:
-        wait_until(lambda: publishing.take_relay(BROKER) is not None, 10,
-                   what="the serving relay to take its turn")
         publishing.enqueue([NewOutboxItem(BROKER, f"m{n}", "u", "SubscriptionUpdated",
                                           {"gateway-message-id": f"m{n}"}, b"<x/>")
                             for n in range(3)])
