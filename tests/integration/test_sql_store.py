@@ -346,3 +346,38 @@ def test_a_relay_waits_while_another_process_relays_and_then_takes_over(tmp_path
     assert item.status == SENT and publish_side.sent == ["m3"]
     assert relays[1].waiting_for is None
     publishing.close()
+
+
+def test_a_serving_relay_waits_for_a_publish_that_is_sending(tmp_path: Path, settings) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    publishing, serving = SqlStore(url), SqlStore(url)
+    assert publishing.take_relay(BROKER) is None  # `publish` started first
+    serve_side = Confirming()
+    relay = BrokerRelay(serving, serve_side, settings.emission, settings.broker)
+    asked: list[str] = []
+    take_relay = serving.take_relay
+
+    def counted(channel: str) -> str | None:
+        asked.append(channel)
+        return take_relay(channel)
+
+    serving.take_relay = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), kwargs={"idle_s": 0.02})
+    thread.start()
+    try:
+        wait_until(lambda: relay.waiting_for == f"pid {os.getpid()}", 10,
+                   what="the serving relay to see the publish relaying")
+        serving.enqueue([NewOutboxItem(BROKER, "m0", "u", "SubscriptionUpdated",
+                                       {"gateway-message-id": "m0"}, b"<x/>")])
+        seen = len(asked)
+        wait_until(lambda: len(asked) >= seen + 2, 10, what="the relay to look again")
+        assert relay.waiting_for is not None  # still waiting: it sent nothing
+        assert serve_side.sent == [] and serving.counts() == {(BROKER, "pending"): 1}
+        publishing.close()  # the publish is done: the serving relay takes over
+        wait_until(lambda: serve_side.sent == ["m0"], 10, what="the serving relay to send")
+        assert relay.waiting_for is None
+    finally:
+        stop.set()
+        thread.join(10)
+        serving.close()
