@@ -12,6 +12,7 @@ Protocol edges, measured on these brokers (README, "Broker"):
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -41,6 +42,55 @@ def _connection(broker: BrokerSettings) -> stomp.Connection12:
         reconnect_attempts_max=1,
         timeout=max(1.0, broker.receipt_timeout_s),
     )
+
+
+class _Handshake(stomp.ConnectionListener):  # type: ignore[misc]
+    """Waits for the answer to CONNECT: stomp.py's own wait (`connect(wait=True)`) has no
+    deadline, and an address that takes the TCP connection but never answers (a load
+    balancer before a dead broker, a port of another protocol) would hold it for good."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: str | None = None
+
+    def on_connected(self, frame: Any) -> None:
+        self.done.set()
+
+    def on_error(self, frame: Any) -> None:
+        self.error = f"broker ERROR: {clip(frame.headers.get('message', '') or _text(frame.body))}"
+        self.done.set()
+
+    def on_disconnected(self) -> None:
+        self.error = self.error or "the connection was closed before CONNECTED"
+        self.done.set()
+
+
+def _open(broker: BrokerSettings, headers: dict[str, str]) -> stomp.Connection12:
+    """A connection that got its CONNECTED frame within the receipt timeout; else the
+    connection is dropped and a StompException says why."""
+    conn = _connection(broker)
+    handshake = _Handshake()
+    conn.set_listener("handshake", handshake)
+    try:
+        conn.connect(broker.user, broker.password, wait=False, headers=headers)
+    except STOMP_ERRORS as exc:
+        if not isinstance(exc, stomp.exception.ConnectFailedException):
+            # the socket was open and sending CONNECT failed: the peer hung up (its reader
+            # tells in a moment), which says more than the send's own error
+            handshake.done.wait(0.5)
+        why = _connect_failure(broker, exc) if handshake.error is None else \
+            f"cannot connect to {broker.host}:{broker.port}: {handshake.error}"
+        _quietly_disconnect(conn)
+        raise stomp.exception.ConnectFailedException(why) from exc
+    timeout = max(1.0, broker.receipt_timeout_s)
+    if not handshake.done.wait(timeout) or handshake.error or not conn.is_connected():
+        why = handshake.error or (f"no answer to CONNECT within {timeout:g}s (is it a STOMP "
+                                  "port?)")
+        _quietly_disconnect(conn)
+        raise stomp.exception.ConnectFailedException(
+            f"cannot connect to {broker.host}:{broker.port}: {why}")
+    conn.remove_listener("handshake")
+    return conn
 
 
 class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
@@ -85,6 +135,25 @@ class _BatchFailed(Exception):
     """A transaction batch was not confirmed."""
 
 
+def _why(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _connect_failure(broker: BrokerSettings, exc: BaseException) -> str:
+    """Why the connection could not be opened: stomp.py's ConnectFailedException says
+    nothing (it logs the socket's error and drops it), so the address is tried once more."""
+    where = f"cannot connect to {broker.host}:{broker.port}"
+    if str(exc):
+        return f"{where}: {exc}"
+    try:
+        with socket.create_connection((broker.host, broker.port),
+                                      timeout=min(2.0, broker.receipt_timeout_s)):
+            pass
+    except OSError as err:
+        return f"{where}: {err.strerror or _why(err)}"
+    return f"{where}: no STOMP CONNECTED frame came back"
+
+
 def _text(body: Any) -> str:
     return body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
 
@@ -102,16 +171,12 @@ class StompPublisher:
         if self._conn is not None and self._conn.is_connected() and not self._tracker.broken:
             return self._conn
         self.close()
-        tracker = _Tracker()
-        conn = _connection(self.broker)
-        conn.set_listener("tracker", tracker)
         try:
-            conn.connect(self.broker.user, self.broker.password, wait=True,
-                         headers={"client-id": f"{self.client}-pub-{uuid.uuid4().hex[:8]}"})
+            conn = _open(self.broker, {"client-id": f"{self.client}-pub-{uuid.uuid4().hex[:8]}"})
         except STOMP_ERRORS as exc:
-            _quietly_disconnect(conn)
-            raise PublishError(f"cannot connect to {self.broker.host}:{self.broker.port}: "
-                               f"{exc or type(exc).__name__}") from exc
+            raise PublishError(str(exc)) from exc
+        tracker = _Tracker()
+        conn.set_listener("tracker", tracker)
         self._conn, self._tracker = conn, tracker
         log.info("publisher connected broker=%s:%d", self.broker.host, self.broker.port)
         return conn
@@ -145,7 +210,7 @@ class StompPublisher:
                 conn.send(envelope.destination, envelope.body, headers=headers)
             conn.commit(transaction=tx, receipt=receipt)
         except STOMP_ERRORS as exc:
-            raise _BatchFailed(f"send failed: {exc or type(exc).__name__}") from exc
+            raise _BatchFailed(f"send failed: {_why(exc)}") from exc
         problem = self._await(tracker, receipt)
         if problem is not None:
             raise _BatchFailed(problem)
@@ -185,7 +250,7 @@ class StompPublisher:
                           headers={**envelope.headers, "persistent": "true"}, receipt=receipt)
                 problem = self._await(self._tracker, receipt)
             except STOMP_ERRORS as exc:
-                problem = f"send failed: {exc or type(exc).__name__}"
+                problem = f"send failed: {_why(exc)}"
             if problem is None:
                 confirmed.append(envelope.item_id)
                 continue
@@ -212,6 +277,8 @@ def _quietly_disconnect(conn: stomp.Connection12, receipt: bool = False) -> None
             # With a receipt, DISCONNECT returns only after the broker read every earlier
             # frame; without one it may return first.
             conn.disconnect(receipt=str(uuid.uuid4()) if receipt else None)
+        else:  # no CONNECTED yet (or any more): close the socket, end its reader thread
+            conn.transport.disconnect_socket()
     except STOMP_ERRORS:
         pass
 
@@ -261,12 +328,11 @@ class StompConsumer:
         self.processed = 0
 
     def _connect(self) -> None:
-        conn = _connection(self.broker)
-        conn.set_listener("deliveries", _Deliveries(self))
         topic = self.inbound.destination.startswith("/topic/")
         headers = {"client-id": self.inbound.subscription_name} if topic else \
             {"client-id": f"{self.client}-sub-{uuid.uuid4().hex[:8]}"}
-        conn.connect(self.broker.user, self.broker.password, wait=True, headers=headers)
+        conn = _open(self.broker, headers)
+        conn.set_listener("deliveries", _Deliveries(self))
         sub_headers = {"activemq.prefetchSize": "100"}
         if topic:
             # ActiveMQ's durable topic subscription: client-id on CONNECT + this name.
@@ -326,7 +392,7 @@ class StompConsumer:
                 self._connect()
             except STOMP_ERRORS as exc:
                 delay = backoff.next_delay()
-                log.warning("consumer cannot connect (%s); retrying in %.1fs", exc, delay)
+                log.warning("consumer: %s; retrying in %.1fs", _why(exc), delay)
                 stop.wait(delay)
                 continue
             backoff.reset()

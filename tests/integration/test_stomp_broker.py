@@ -7,6 +7,7 @@ ActiveMQ has (JMS clients, its own refusals)."""
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -20,7 +21,8 @@ from adapters.smile_xml import SmileXmlCodec
 from adapters.sql_store import SqlStore
 from adapters.stomp_broker import StompConsumer, StompPublisher
 from gateway.config import Settings
-from gateway.ports import BROKER, DEAD, PENDING, SENT, NewOutboxItem
+from gateway.errors import PublishError
+from gateway.ports import BROKER, DEAD, PENDING, SENT, Envelope, NewOutboxItem
 from gateway.relay import BrokerRelay
 from gateway.service import GatewayService, StateChange
 from gateway.translator import Translator
@@ -335,3 +337,96 @@ def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path, broker) 
     with ConsumerThread(consumer()):
         wait_until(lambda: outcomes == ["accepted"], 20, what="the kept message")
     assert service.store.subscription("2142426764") is not None
+
+
+# -- addresses that are not a working broker: a precise error, never a hang ------------------
+
+
+class Endpoint:
+    """A TCP listener on loopback that takes connections and, per `answer`, says nothing
+    (`silent`: a load balancer before a dead broker) or hangs up at once (`close`)."""
+
+    def __init__(self, answer: str) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.answer = answer
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.answer == "close":
+                client.close()
+            else:
+                self.held.append(client)
+
+    def close(self) -> None:
+        self.server.close()
+        for client in self.held:
+            client.close()
+
+
+def stomp_threads() -> list[str]:
+    """stomp.py's reader threads still running (named after their function)."""
+    return [t.name for t in threading.enumerate() if t.name.endswith("(__io_loop)")]
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    ("silent", "no answer to CONNECT within 1s (is it a STOMP port?)"),
+    ("close", "the connection was closed before CONNECTED"),
+    ("nothing", "Connection refused"),
+])
+def test_a_publisher_names_why_it_cannot_connect_and_does_not_hang(settings, answer,
+                                                                   why) -> None:
+    endpoint = Endpoint(answer)
+    port = endpoint.port
+    if answer == "nothing":
+        with socket.socket() as unused:  # a port that nothing listens on
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]
+    broker = replace(settings.broker, port=port, receipt_timeout_s=1.0)
+    publisher = StompPublisher(broker)
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            publisher.publish([Envelope(1, "/queue/x", {}, b"<x/>")])
+        except PublishError as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    thread.join(30)  # stomp.py's own wait for CONNECTED has no deadline
+    try:
+        assert not thread.is_alive(), "the publisher hung waiting for CONNECTED"
+        assert [str(f) for f in failures] == [f"cannot connect to 127.0.0.1:{port}: {why}"]
+        wait_until(lambda: not stomp_threads(), 10, what="the connection's reader to end")
+    finally:
+        publisher.close()
+        endpoint.close()
+
+
+def test_a_consumer_says_why_it_cannot_connect_and_stops_when_asked(settings, caplog) -> None:
+    endpoint = Endpoint("silent")
+    broker = replace(settings.broker, port=endpoint.port, receipt_timeout_s=1.0,
+                     reconnect_initial_s=0.1, reconnect_max_s=0.2)
+    consumer = StompConsumer(broker, settings.inbound, lambda h, b: "accepted",
+                             lambda h, b, why: None)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    caplog.set_level("WARNING", logger="adapters.stomp_broker")
+    thread.start()
+    try:
+        wait_until(lambda: "no answer to CONNECT within 1s" in caplog.text, 30,
+                   what="the consumer to log why")
+        assert (f"consumer: cannot connect to 127.0.0.1:{endpoint.port}: no answer to CONNECT "
+                "within 1s (is it a STOMP port?); retrying in") in caplog.text
+    finally:
+        stop.set()
+        thread.join(30)
+        endpoint.close()
+    assert not thread.is_alive()
