@@ -295,7 +295,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 print(f"{path}: confirmed gateway-message-id={message_id}")
             else:
                 print(f"{path}: NOT confirmed ({item.status}, attempts {item.attempts}): "
-                      f"{item.last_error or 'no receipt yet'}; outbox id {item.id}",
+                      f"{item.last_error or relay.last_failure or 'no receipt yet'}; "
+                      f"outbox id {item.id}",
                       file=sys.stderr)
         print(f"{confirmed} of {len(ids)} confirmed by the broker at "
               f"{settings.broker.host}:{settings.broker.port}")

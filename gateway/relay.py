@@ -72,6 +72,7 @@ class BrokerRelay:
         self.backoff = Backoff(broker.reconnect_initial_s, broker.reconnect_max_s)
         self.wake = threading.Event()
         self.waiting_for: str | None = None  # who relays from the store instead, if another
+        self.last_failure: str | None = None  # why the broker could not be used, until it could
 
     def our_turn(self) -> bool:
         """Whether this process relays the store's broker rows (on SQLite one process at a
@@ -121,11 +122,13 @@ class BrokerRelay:
             try:
                 n = self.run_once()
             except PublishError as exc:
+                self.last_failure = str(exc)
                 delay = self.backoff.next_delay()
                 log.warning("publish failed, retrying in %.1fs: %s", delay, exc)
                 time.sleep(min(delay, max(0.0, deadline - self.clock())))
                 continue
             self.backoff.reset()
+            self.last_failure = None
             if n == 0 and not self.store.claim(BROKER, 1, self.clock()):
                 break
             sent += n
