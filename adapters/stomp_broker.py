@@ -326,6 +326,7 @@ class StompConsumer:
         self._conn: stomp.Connection12 | None = None
         self._lost_event = threading.Event()
         self.processed = 0
+        self.last_failure: str | None = None  # why it could not connect, until it could
 
     def _connect(self) -> None:
         topic = self.inbound.destination.startswith("/topic/")
@@ -391,10 +392,12 @@ class StompConsumer:
             try:
                 self._connect()
             except STOMP_ERRORS as exc:
+                self.last_failure = _why(exc)
                 delay = backoff.next_delay()
-                log.warning("consumer: %s; retrying in %.1fs", _why(exc), delay)
+                log.warning("consumer: %s; retrying in %.1fs", self.last_failure, delay)
                 stop.wait(delay)
                 continue
+            self.last_failure = None
             backoff.reset()
             while not stop.is_set() and not self._lost_event.is_set():
                 stop.wait(0.2)

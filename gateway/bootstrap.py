@@ -132,6 +132,12 @@ def ready_checks(runtime: Runtime) -> dict[str, Callable[[], None]]:
     checks: dict[str, Callable[[], None]] = {"store": runtime.store.ping, "schema": schema}
     if settings.emission.enabled or settings.inbound.enabled:
         def broker() -> None:
+            # what the relay or the consumer last met, if connecting failed: a port that
+            # takes TCP connections is not yet a broker that answers
+            failures = [runtime.broker_relay.last_failure if settings.emission.enabled
+                        else None, runtime.consumer.last_failure if runtime.consumer else None]
+            for failure in filter(None, failures):
+                raise RuntimeError(failure)
             with socket.create_connection((settings.broker.host, settings.broker.port),
                                           timeout=1.0):
                 pass

@@ -158,6 +158,7 @@ class BrokerRelay:
                     continue
                 n = self.run_once()
             except PublishError as exc:
+                self.last_failure = str(exc)
                 delay = self.backoff.next_delay()
                 log.warning("publish failed, reconnecting in %.1fs: %s", delay, exc)
                 stop.wait(delay)
@@ -168,6 +169,7 @@ class BrokerRelay:
                 stop.wait(delay)
                 continue
             self.backoff.reset()
+            self.last_failure = None
             if n == 0:
                 self.wake.wait(idle_s)
                 self.wake.clear()

@@ -160,3 +160,31 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+class Endpoint:
+    """A TCP listener on loopback that takes connections and, per `answer`, says nothing
+    (`silent`: a load balancer before a dead broker) or hangs up at once (`close`)."""
+
+    def __init__(self, answer: str) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.answer = answer
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.answer == "close":
+                client.close()
+            else:
+                self.held.append(client)
+
+    def close(self) -> None:
+        self.server.close()
+        for client in self.held:
+            client.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.brokers import receive, require_broker, send, unique_queue, wait_until
+from tests.brokers import Endpoint, receive, require_broker, send, unique_queue, wait_until
 from tests.conftest import INVALID, SAMPLES, run_cli
 from tests.e2e.servers import GatewayProcess, OrderSystem
 
@@ -207,3 +207,35 @@ def test_a_second_serve_on_one_sqlite_store_is_refused_until_the_first_stops(
     (tmp_path / "again").mkdir()
     again = GatewayProcess(tmp_path / "again", {"GATEWAY_STORE__URL": store}).start()
     assert again.stop() == 0, again.log.read_text()
+
+
+def test_an_address_that_takes_connections_but_is_no_broker_fails_readyz_with_why(
+        tmp_path: Path) -> None:
+    """A load balancer before a dead broker: TCP works, STOMP never answers. Neither the
+    relay nor the consumer may hang on it, /readyz says what they met, SIGTERM still stops."""
+    endpoint = Endpoint("silent")
+    gw = GatewayProcess(tmp_path, {
+        "GATEWAY_EMISSION__ENABLED": "true", "GATEWAY_INBOUND__ENABLED": "true",
+        "GATEWAY_BROKER__PORT": str(endpoint.port), "GATEWAY_BROKER__RECEIPT_TIMEOUT_S": "1",
+        "GATEWAY_BROKER__RECONNECT_MAX_S": "1"}).start()
+    try:
+        r = requests.post(f"{gw.url}/smile/messages", data=RTP, timeout=10, headers={
+            **XML, "X-Smile-Message-Type": "SubscriptionReadyToProvision",
+            "X-Smile-Provision-Request-Id": "31"})
+        assert r.status_code == 202, r.text
+        r = requests.post(f"{gw.url}/orders/events", timeout=10, json={
+            "eventId": "ev-1", "usn": "2142426762", "vocabulary": "order", "state": "inProgress"})
+        assert r.status_code == 202, r.text  # recorded; its message waits in the outbox
+
+        def not_ready() -> bool:
+            r = requests.get(f"{gw.url}/readyz", timeout=10)
+            return r.status_code == 503 and "no answer to CONNECT" in r.json()["checks"]["broker"]
+
+        wait_until(not_ready, 30, what="/readyz to say why the broker is not usable")
+        broker = requests.get(f"{gw.url}/readyz", timeout=10).json()["checks"]["broker"]
+        assert broker == (f"failing: cannot connect to 127.0.0.1:{endpoint.port}: no answer to "
+                          "CONNECT within 1s (is it a STOMP port?)")
+    finally:
+        assert gw.stop() == 0, gw.log.read_text()
+        endpoint.close()
+    assert "no answer to CONNECT" in gw.log.read_text()

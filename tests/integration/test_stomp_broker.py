@@ -31,6 +31,7 @@ from tests.brokers import (
     OPENWIRE_PORT,
     RABBITMQ,
     Broker,
+    Endpoint,
     receive,
     require_broker,
     send,
@@ -340,34 +341,6 @@ def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path, broker) 
 
 
 # -- addresses that are not a working broker: a precise error, never a hang ------------------
-
-
-class Endpoint:
-    """A TCP listener on loopback that takes connections and, per `answer`, says nothing
-    (`silent`: a load balancer before a dead broker) or hangs up at once (`close`)."""
-
-    def __init__(self, answer: str) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.answer = answer
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            if self.answer == "close":
-                client.close()
-            else:
-                self.held.append(client)
-
-    def close(self) -> None:
-        self.server.close()
-        for client in self.held:
-            client.close()
 
 
 def stomp_threads() -> list[str]:
