@@ -11,6 +11,7 @@ Protocol edges, measured on these brokers (README, "Broker"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -271,16 +272,32 @@ class StompPublisher:
             _quietly_disconnect(conn)
 
 
-def _quietly_disconnect(conn: stomp.Connection12, receipt: bool = False) -> None:
+def _quietly_disconnect(conn: stomp.Connection12, receipt_timeout: float | None = None) -> None:
+    """Disconnect, never raising; with `receipt_timeout`, DISCONNECT asks for a receipt (so
+    that the broker has read every earlier frame, acks included) and waits that long for it.
+    stomp.py's own wait for that receipt has no deadline: a broker that stopped answering
+    (and heart-beats off) would keep a shutdown waiting for good."""
     try:
-        if conn.is_connected():
-            # With a receipt, DISCONNECT returns only after the broker read every earlier
-            # frame; without one it may return first.
-            conn.disconnect(receipt=str(uuid.uuid4()) if receipt else None)
-        else:  # no CONNECTED yet (or any more): close the socket, end its reader thread
+        if not conn.is_connected():  # no CONNECTED yet (or any more): end the reader thread
             conn.transport.disconnect_socket()
+        elif receipt_timeout is None:
+            conn.disconnect()
+        else:
+            waiting = threading.Thread(target=_disconnect, args=(conn,), daemon=True,
+                                       name="stomp-disconnect")
+            waiting.start()
+            waiting.join(receipt_timeout)
+            if waiting.is_alive():
+                log.warning("no receipt for DISCONNECT within %gs: closing the connection",
+                            receipt_timeout)
+                conn.transport.disconnect_socket()
     except STOMP_ERRORS:
         pass
+
+
+def _disconnect(conn: stomp.Connection12) -> None:
+    with contextlib.suppress(*STOMP_ERRORS):
+        conn.disconnect(receipt=str(uuid.uuid4()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +420,8 @@ class StompConsumer:
                 stop.wait(0.2)
             conn, self._conn = self._conn, None
             if conn is not None:
-                _quietly_disconnect(conn, receipt=stop.is_set())
+                _quietly_disconnect(conn, self.broker.receipt_timeout_s if stop.is_set()
+                                    else None)
         log.info("consumer stopped")
 
 

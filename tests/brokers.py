@@ -164,7 +164,9 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str 
 
 class Endpoint:
     """A TCP listener on loopback that takes connections and, per `answer`, says nothing
-    (`silent`: a load balancer before a dead broker) or hangs up at once (`close`)."""
+    (`silent`: a load balancer before a dead broker), hangs up at once (`close`), or answers
+    CONNECT with CONNECTED (no heart-beats) and then nothing more (`frozen`: a broker that
+    stopped answering)."""
 
     def __init__(self, answer: str) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -181,8 +183,25 @@ class Endpoint:
                 return
             if self.answer == "close":
                 client.close()
-            else:
-                self.held.append(client)
+                continue
+            self.held.append(client)
+            if self.answer == "frozen":
+                threading.Thread(target=self._connected, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _connected(client: socket.socket) -> None:
+        try:
+            received = b""
+            while b"\x00" not in received:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                received += chunk
+            client.sendall(b"CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00")
+            while client.recv(4096):
+                pass  # frames read, never answered
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.server.close()

@@ -403,3 +403,25 @@ def test_a_consumer_says_why_it_cannot_connect_and_stops_when_asked(settings, ca
         thread.join(30)
         endpoint.close()
     assert not thread.is_alive()
+
+
+def test_a_consumer_stops_when_asked_even_if_the_broker_no_longer_answers(settings,
+                                                                          caplog) -> None:
+    """Its DISCONNECT asks for a receipt; a frozen broker (heart-beats off) never sends it."""
+    endpoint = Endpoint("frozen")
+    broker = replace(settings.broker, port=endpoint.port, receipt_timeout_s=1.0, heartbeat_ms=0)
+    consumer = StompConsumer(broker, settings.inbound, lambda h, b: "accepted",
+                             lambda h, b, why: None)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    caplog.set_level("INFO", logger="adapters.stomp_broker")
+    thread.start()
+    try:
+        wait_until(lambda: "consumer subscribed" in caplog.text, 30, what="the subscription")
+    finally:
+        stop.set()
+        thread.join(30)
+        endpoint.close()
+    assert not thread.is_alive(), "the consumer waited for good for its DISCONNECT receipt"
+    assert "no receipt for DISCONNECT within 1s: closing the connection" in caplog.text
+    wait_until(lambda: not stomp_threads(), 10, what="the connection's reader to end")
