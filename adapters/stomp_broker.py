@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
@@ -306,11 +307,17 @@ Handler = Callable[[dict[str, str], bytes], str]
 
 
 class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
-    def __init__(self, consumer: StompConsumer) -> None:
+    """One connection's frames, queued for the consumer's own thread: stomp.py's reader
+    thread only reads (heart-beats keep flowing while a message is handled), and the store is
+    used from one long-lived thread (a reader thread per reconnect would each open a store
+    connection of its own, kept until the store closes)."""
+
+    def __init__(self, consumer: StompConsumer, conn: stomp.Connection12) -> None:
         self.consumer = consumer
+        self.conn = conn
 
     def on_message(self, frame: Any) -> None:
-        self.consumer._deliver(frame)
+        self.consumer._inbox.put((self.conn, frame))
 
     def on_disconnected(self) -> None:
         self.consumer._lost("connection lost")
@@ -329,7 +336,8 @@ class StompConsumer:
     `ack:client-individual`: a message is acknowledged only after the handler returned,
     which the service does only after the store committed (or recorded a dead letter).
     When the handler raises StoreError, nothing is acked and the connection is dropped, so
-    the broker redelivers. A topic gets a durable subscription.
+    the broker redelivers. A topic gets a durable subscription. The handler runs on the
+    thread that runs `run`, one message after another.
     """
 
     def __init__(self, broker: BrokerSettings, inbound: InboundSettings, handler: Handler,
@@ -342,6 +350,7 @@ class StompConsumer:
         self.client = client
         self._conn: stomp.Connection12 | None = None
         self._lost_event = threading.Event()
+        self._inbox: queue.Queue[tuple[stomp.Connection12, Any]] = queue.Queue()
         self.processed = 0
         self.last_failure: str | None = None  # why it could not connect, until it could
 
@@ -350,7 +359,7 @@ class StompConsumer:
         headers = {"client-id": self.inbound.subscription_name} if topic else \
             {"client-id": f"{self.client}-sub-{uuid.uuid4().hex[:8]}"}
         conn = _open(self.broker, headers)
-        conn.set_listener("deliveries", _Deliveries(self))
+        conn.set_listener("deliveries", _Deliveries(self, conn))
         sub_headers = {"activemq.prefetchSize": "100"}
         if topic:
             # ActiveMQ's durable topic subscription: client-id on CONNECT + this name.
@@ -369,10 +378,7 @@ class StompConsumer:
             log.warning("consumer %s", why)
         self._lost_event.set()
 
-    def _deliver(self, frame: Any) -> None:
-        conn = self._conn
-        if conn is None:
-            return
+    def _deliver(self, conn: stomp.Connection12, frame: Any) -> None:
         headers = {str(k): str(v) for k, v in frame.headers.items()}
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
         try:
@@ -417,12 +423,27 @@ class StompConsumer:
             self.last_failure = None
             backoff.reset()
             while not stop.is_set() and not self._lost_event.is_set():
-                stop.wait(0.2)
+                try:
+                    conn, frame = self._inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if conn is self._conn:
+                    self._deliver(conn, frame)
             conn, self._conn = self._conn, None
             if conn is not None:
                 _quietly_disconnect(conn, self.broker.receipt_timeout_s if stop.is_set()
                                     else None)
+            self._forget_queued()
         log.info("consumer stopped")
+
+    def _forget_queued(self) -> None:
+        """Frames of a connection that is gone were not acknowledged: the broker delivers
+        them again (to the next connection), so they are dropped here, not handled."""
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                return
 
 
 def _forwardable(headers: dict[str, str]) -> dict[str, str]:

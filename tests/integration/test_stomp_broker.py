@@ -300,8 +300,10 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
     s = make_settings(settings, queue, broker)
     service = make_service(s, codec, tmp_path)
     failures = [1]
+    threads = []
 
     def flaky(headers, body):
+        threads.append(threading.current_thread())
         if failures:
             failures.pop()
             raise StoreError("disk full")
@@ -310,13 +312,16 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
     consumer = StompConsumer(s.broker, s.inbound, flaky,
                              lambda h, b, r: service.dead_letter("broker", r, h, b))
     rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
-    with ConsumerThread(consumer):
+    with ConsumerThread(consumer) as running:
         send(queue, rtp, {"smileMessageType": "SubscriptionReadyToProvision",
                           "provisionRequestId": "5", "gateway-message-id": "retry-1"},
              broker=broker)
         wait_until(lambda: service.store.subscription("2142426762") is not None, 30,
                    what="the redelivered message to be stored")
     assert failures == []
+    # Both deliveries were handled on the consumer's own thread, not on the reader thread of
+    # each connection: a thread per reconnect would open a store connection per reconnect.
+    assert threads == [running.thread, running.thread]
 
 
 def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path, broker) -> None:
