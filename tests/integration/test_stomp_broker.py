@@ -20,7 +20,7 @@ import pytest
 from adapters.smile_xml import SmileXmlCodec
 from adapters.sql_store import SqlStore
 from adapters.stomp_broker import StompConsumer, StompPublisher
-from gateway.config import Settings
+from gateway.config import BrokerSettings, Settings
 from gateway.errors import PublishError
 from gateway.ports import BROKER, DEAD, PENDING, SENT, Envelope, NewOutboxItem
 from gateway.relay import BrokerRelay
@@ -388,26 +388,24 @@ def test_a_publisher_names_why_it_cannot_connect_and_does_not_hang(settings, ans
         endpoint.close()
 
 
+def idle_consumer(settings: Settings, broker: BrokerSettings) -> StompConsumer:
+    return StompConsumer(broker, settings.inbound, lambda h, b: "accepted",
+                         lambda h, b, why: None)
+
+
 def test_a_consumer_says_why_it_cannot_connect_and_stops_when_asked(settings, caplog) -> None:
     endpoint = Endpoint("silent")
     broker = replace(settings.broker, port=endpoint.port, receipt_timeout_s=1.0,
                      reconnect_initial_s=0.1, reconnect_max_s=0.2)
-    consumer = StompConsumer(broker, settings.inbound, lambda h, b: "accepted",
-                             lambda h, b, why: None)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
     caplog.set_level("WARNING", logger="adapters.stomp_broker")
-    thread.start()
     try:
-        wait_until(lambda: "no answer to CONNECT within 1s" in caplog.text, 30,
-                   what="the consumer to log why")
-        assert (f"consumer: cannot connect to 127.0.0.1:{endpoint.port}: no answer to CONNECT "
-                "within 1s (is it a STOMP port?); retrying in") in caplog.text
+        with ConsumerThread(idle_consumer(settings, broker)):  # and it stops when asked
+            wait_until(lambda: "no answer to CONNECT within 1s" in caplog.text, 30,
+                       what="the consumer to log why")
     finally:
-        stop.set()
-        thread.join(30)
         endpoint.close()
-    assert not thread.is_alive()
+    assert (f"consumer: cannot connect to 127.0.0.1:{endpoint.port}: no answer to CONNECT "
+            "within 1s (is it a STOMP port?); retrying in") in caplog.text
 
 
 def test_a_consumer_stops_when_asked_even_if_the_broker_no_longer_answers(settings,
@@ -415,18 +413,12 @@ def test_a_consumer_stops_when_asked_even_if_the_broker_no_longer_answers(settin
     """Its DISCONNECT asks for a receipt; a frozen broker (heart-beats off) never sends it."""
     endpoint = Endpoint("frozen")
     broker = replace(settings.broker, port=endpoint.port, receipt_timeout_s=1.0, heartbeat_ms=0)
-    consumer = StompConsumer(broker, settings.inbound, lambda h, b: "accepted",
-                             lambda h, b, why: None)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
     caplog.set_level("INFO", logger="adapters.stomp_broker")
-    thread.start()
     try:
-        wait_until(lambda: "consumer subscribed" in caplog.text, 30, what="the subscription")
+        with ConsumerThread(idle_consumer(settings, broker)):  # its exit: stopped in 15 s
+            wait_until(lambda: "consumer subscribed" in caplog.text, 30,
+                       what="the subscription")
     finally:
-        stop.set()
-        thread.join(30)
         endpoint.close()
-    assert not thread.is_alive(), "the consumer waited for good for its DISCONNECT receipt"
     assert "no receipt for DISCONNECT within 1s: closing the connection" in caplog.text
     wait_until(lambda: not stomp_threads(), 10, what="the connection's reader to end")
