@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from gateway import __version__, batch
 from gateway.config import CONFIG_ENV, Settings, load_settings, redact_url
@@ -24,11 +24,12 @@ from gateway.errors import (
     StoreError,
     TransitionError,
 )
-from gateway.ports import OUTBOX_STATUSES
+from gateway.ports import OUTBOX_STATUSES, Store
 from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
 from gateway.translator import Translator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -305,14 +306,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
         runtime.close()
 
 
-def cmd_outbox_list(args: argparse.Namespace) -> int:
+def _from_store(args: argparse.Namespace, read: Callable[[Store], T]) -> T:
+    """Open the configured store, do one thing with it, close it."""
     from gateway.bootstrap import build_store
 
     store = build_store(_settings(args))
     try:
-        items = store.outbox(args.status, args.limit)
+        return read(store)
     finally:
         store.close()
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    items = _from_store(args, lambda store: store.outbox(args.status, args.limit))
     if args.format == "json":
         json.dump([{"id": i.id, "channel": i.channel, "messageId": i.message_id, "usn": i.usn,
                     "kind": i.kind, "status": i.status, "attempts": i.attempts,
@@ -329,16 +335,10 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_replay(args: argparse.Namespace) -> int:
-    from gateway.bootstrap import build_store
-
     if not args.ids and not args.dead:
         print("smile-gateway: outbox replay: give outbox ids or --dead", file=sys.stderr)
         return EXIT_USAGE
-    store = build_store(_settings(args))
-    try:
-        count = store.replay(None if args.dead else args.ids)
-    finally:
-        store.close()
+    count = _from_store(args, lambda store: store.replay(None if args.dead else args.ids))
     print(f"{count} item(s) re-queued")
     if args.ids and count < len(set(args.ids)):
         print(f"note: {len(set(args.ids)) - count} of the ids given were not re-queued: they "
@@ -372,13 +372,7 @@ def _iso(at: float) -> str:
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> int:
-    from gateway.bootstrap import build_store
-
-    store = build_store(_settings(args))
-    try:
-        letters = store.dead_letters(args.limit)
-    finally:
-        store.close()
+    letters = _from_store(args, lambda store: store.dead_letters(args.limit))
     if args.format == "json":
         json.dump([{"id": d["id"], "at": _iso(d["at"]), "source": d["source"],
                     "reason": d["reason"], "headers": d["headers"], "bytes": len(d["body"])}
@@ -395,13 +389,7 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters_show(args: argparse.Namespace) -> int:
-    from gateway.bootstrap import build_store
-
-    store = build_store(_settings(args))
-    try:
-        letter = store.dead_letter(args.id)
-    finally:
-        store.close()
+    letter = _from_store(args, lambda store: store.dead_letter(args.id))
     if letter is None:
         print(f"smile-gateway: no dead letter {args.id} (`dead-letters list` shows them)",
               file=sys.stderr)
