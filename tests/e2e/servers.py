@@ -64,11 +64,15 @@ class GatewayProcess:
 
 
 class OrderSystem:
-    """Answers POSTs with the next queued status (default 200) and records each request."""
+    """Answers POSTs with the next queued status (default 200) and records each request.
+    With `drip_s`, it answers each POST a byte every `drip_s` seconds, in a header line that
+    never ends: every read of the answer returns well within its timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, drip_s: float | None = None) -> None:
         self.received: list[dict[str, Any]] = []
         self.statuses: list[int] = []
+        self.drip_s = drip_s
+        self.stopped = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,6 +82,16 @@ class OrderSystem:
                 status = outer.statuses.pop(0) if outer.statuses else 200
                 outer.received.append({"headers": dict(self.headers), "status": status,
                                        "json": json.loads(body)})
+                drip_s = outer.drip_s
+                if drip_s is not None:
+                    self.close_connection = True
+                    try:
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                        while not outer.stopped.wait(drip_s):
+                            self.wfile.write(b"a")
+                    except OSError:  # the sender gave up on the answer
+                        pass
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -94,5 +108,6 @@ class OrderSystem:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
         self.server.shutdown()
         self.server.server_close()

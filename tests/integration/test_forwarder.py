@@ -1,4 +1,5 @@
-"""RequestsForwarder and the forward relay, with `responses` for the order system."""
+"""RequestsForwarder and the forward relay, with `responses` for the order system (and a real
+one where what is tested is the socket: an answer that never ends)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway.relay import ForwardRelay
 from gateway.service import GatewayService
 from gateway.translator import Translator
 from tests.conftest import SAMPLES
+from tests.e2e.servers import OrderSystem
 from tests.stores import KINDS, open_store, store_url
 
 URL = "http://orders.example.test/smile-events"
@@ -176,6 +178,28 @@ def test_a_retried_event_keeps_the_later_events_of_its_subscription_waiting(setu
     assert delivered == ["SubscriptionActivated", "SubscriptionSuspended"]
     assert store.outbox(PENDING) == [] and len(store.outbox(SENT)) == 2
 
+
+def test_an_answer_that_drips_in_is_cut_at_forward_timeout_s_and_retried(setup) -> None:
+    """Each read of the answer returns within the timeout (a byte every 50 ms, in a header
+    line that never ends); the POST as a whole may not outlast forward.timeout_s."""
+    service, relay, store = setup
+    with OrderSystem(drip_s=0.05) as orders:
+        forward = replace(relay.settings, url=orders.url, timeout_s=0.5)
+        relay = ForwardRelay(store, RequestsForwarder(forward), forward)
+        accept(service)
+        done: list[int] = []
+        thread = threading.Thread(target=lambda: done.append(relay.run_once()), daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the POST outlived forward.timeout_s"
+        [item] = store.outbox(PENDING)
+        assert done == [0] and item.attempts == 1
+        assert item.last_error == (f"POST {orders.url} failed: no whole answer within "
+                                   "forward.timeout_s (0.5 s)")
+        orders.drip_s = None  # the order system answers again: the retry delivers it
+        assert relay.run_once() == 1
+    assert [c["status"] for c in orders.received] == [200, 200]
+    assert store.outbox(PENDING) == [] and len(store.outbox(SENT)) == 1
 
 
 def accept_for(service: GatewayService, usns: list[str], rounds: int) -> None:
