@@ -459,8 +459,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         server.close()
         stop.set()
+        # each thread ends within its longest wait: a broker's receipt, or a POST in progress
+        bound = max(settings.broker.receipt_timeout_s, settings.forward.timeout_s) + 5
         for thread in threads:
-            thread.join(timeout=settings.broker.receipt_timeout_s + 5)
+            thread.join(timeout=bound)
         runtime.close()
         log.info("stopped")
     return EXIT_OK

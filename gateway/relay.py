@@ -200,10 +200,14 @@ class ForwardRelay:
         """Whether this failed attempt makes the row a dead letter."""
         return not failure.retryable or item.attempts + 1 >= self.settings.attempts
 
-    def _deliver(self, items: list[OutboxItem], outcomes: list[Outcome]) -> None:
+    def _deliver(self, items: list[OutboxItem], outcomes: list[Outcome],
+                 stop: threading.Event) -> None:
         """One subscription's rows, oldest first, until one is to be retried: the rows after
-        it wait for it (left pending, untried). A final failure does not hold them."""
+        it wait for it (left pending, untried). A final failure does not hold them. Once
+        `stop` is set no further POST starts: the rest are left pending for the next run."""
         for item in items:
+            if stop.is_set():
+                return
             try:
                 self.forwarder.forward(item)
             except ForwardError as exc:
@@ -213,10 +217,12 @@ class ForwardRelay:
                 continue
             outcomes.append((item, None))
 
-    def run_once(self, limit: int = 50) -> int:
+    def run_once(self, limit: int = 50, stop: threading.Event | None = None) -> int:
         """Deliver the claimed rows, each subscription's oldest first, and record the outcomes
         when all are done: the delivered rows marked sent together (one commit, not one per
-        row; a crash before it sends them again, with the same Idempotency-Key)."""
+        row; a crash before it sends them again, with the same Idempotency-Key). Once `stop`
+        is set, the POSTs in progress end (each within forward.timeout_s) and no more start."""
+        stop = stop or threading.Event()
         lanes: dict[str, list[OutboxItem]] = {}
         for item in self.store.claim(FORWARD, limit, self.clock()):
             lanes.setdefault(item.usn, []).append(item)
@@ -227,7 +233,7 @@ class ForwardRelay:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.settings.concurrency,
                                                     thread_name_prefix="forward")
-                futures = [self._pool.submit(self._deliver, lane, outcomes)
+                futures = [self._pool.submit(self._deliver, lane, outcomes, stop)
                            for lane, outcomes in zip(lanes.values(), results, strict=True)]
                 for future in futures:  # every lane ends before the outcomes are recorded
                     try:
@@ -236,7 +242,7 @@ class ForwardRelay:
                         error = error or exc
             else:
                 for lane, outcomes in zip(lanes.values(), results, strict=True):
-                    self._deliver(lane, outcomes)
+                    self._deliver(lane, outcomes, stop)
         except BaseException as exc:  # what was delivered before it is still recorded
             error = exc
         done = [outcome for outcomes in results for outcome in outcomes]
@@ -269,7 +275,7 @@ class ForwardRelay:
         log.info("forward relay started url=%s", self.settings.url)
         while not stop.is_set():
             try:
-                n = self.run_once()
+                n = self.run_once(stop=stop)
             except StoreError as exc:
                 log.error("store unavailable for forwarding: %s", exc)
                 stop.wait(1.0)

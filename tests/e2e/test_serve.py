@@ -239,3 +239,24 @@ def test_an_address_that_takes_connections_but_is_no_broker_fails_readyz_with_wh
         assert gw.stop() == 0, gw.log.read_text()
         endpoint.close()
     assert "no answer to CONNECT" in gw.log.read_text()
+
+
+def test_an_order_system_that_never_finishes_its_answer_does_not_hold_the_shutdown(
+        tmp_path: Path) -> None:
+    """The forward relay's POST is cut at forward.timeout_s, retried, and SIGTERM still stops."""
+    with OrderSystem(drip_s=0.05) as orders:
+        gw = GatewayProcess(tmp_path, {"GATEWAY_FORWARD__URL": orders.url,
+                                       "GATEWAY_FORWARD__TIMEOUT_S": "1",
+                                       "GATEWAY_FORWARD__BACKOFF_S": "0.2"}).start()
+        try:
+            r = requests.post(f"{gw.url}/smile/messages", timeout=10, data=(
+                SAMPLES / "SubscriptionActivated.xml").read_bytes(), headers={
+                **XML, "X-Smile-Message-Type": "SubscriptionActivated"})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: "no whole answer within forward.timeout_s (1 s)"
+                       in gw.log.read_text(), 30, what="the POST to be cut at its deadline")
+            wait_until(lambda: len(orders.received) >= 2, 30, what="the retry")
+        finally:
+            assert gw.stop() == 0, gw.log.read_text()  # within 30 s, a POST in progress or not
+    [row] = json.loads(run_cli(["outbox", "list", "--format", "json"], env=gw.env).stdout)
+    assert row["status"] == "pending" and row["attempts"] >= 1

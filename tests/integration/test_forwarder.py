@@ -202,6 +202,25 @@ def test_an_answer_that_drips_in_is_cut_at_forward_timeout_s_and_retried(setup) 
     assert store.outbox(PENDING) == [] and len(store.outbox(SENT)) == 1
 
 
+@responses.activate
+def test_once_stopping_no_further_post_starts(setup) -> None:
+    service, relay, store = setup
+    stop = threading.Event()
+
+    def answer(request):
+        stop.set()  # the gateway is told to stop while the first event is being POSTed
+        return 200, {}, ""
+
+    responses.add_callback(responses.POST, URL, callback=answer)
+    service.accept_smile_document(ACTIVATED, "SubscriptionActivated")
+    service.accept_smile_document(SUSPENDED, "SubscriptionSuspended")
+    assert relay.run_once(stop=stop) == 1  # the POST in progress ends and is recorded
+    assert len(responses.calls) == 1
+    [waiting] = store.outbox(PENDING)
+    assert waiting.attempts == 0 and waiting.kind == "SubscriptionSuspended"
+    assert relay.run_once() == 1
+
+
 def accept_for(service: GatewayService, usns: list[str], rounds: int) -> None:
     """`rounds` events for each subscription, alternately activated and suspended."""
     for n in range(rounds):
