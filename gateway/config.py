@@ -301,18 +301,37 @@ _NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
 
 
 def redact_url(url: str) -> str:
-    """A store URL without its password, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
+    """A store URL without its password, for logs and messages; also one that does not parse
+    (an unclosed IPv6 bracket, a port that is no number): what it has after `user:` and
+    before the last `@` goes."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = parts.port
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if not at or ":" not in userinfo:
+            return url
+        return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
     netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
+    return urlunsplit(parts._replace(netloc=netloc + (f":{port}" if port else "")))
+
+
+def _url_problem(url: str) -> str | None:
+    """Why a store URL cannot be read as one, if it cannot."""
+    try:
+        urlsplit(url).port  # noqa: B018 (reading the port checks it)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _check_secrets_absent(data: Mapping[str, Any], source: str) -> None:
     store = data.get("store", {})
     url = store.get("url") if isinstance(store, Mapping) else None
-    if isinstance(url, str) and urlsplit(url).password is not None:
+    if isinstance(url, str) and _url_problem(url) is None and urlsplit(url).password is not None:
         raise ConfigError("store.url", f"the password in it is a secret: remove it from {source} "
                           "and give it in PGPASSWORD or ~/.pgpass, or give the whole URL in "
                           f"{ENV_PREFIX}STORE__URL")
@@ -365,6 +384,9 @@ def load_settings(path: str | Path | None = None,
     if not url.startswith(("sqlite:///", *POSTGRES_SCHEMES)):
         raise ConfigError("store.url", f"unsupported store {redact_url(url)!r}",
                           ("sqlite:///PATH", "postgresql://USER@HOST:PORT/DATABASE"))
+    if url.startswith(POSTGRES_SCHEMES) and (problem := _url_problem(url)):
+        raise ConfigError("store.url", f"{redact_url(url)!r} is not a URL: {problem}",
+                          ("postgresql://USER@HOST:PORT/DATABASE",))
     for name in ("emission", "inbound"):
         dest = sections[name].destination
         if not dest.startswith(("/queue/", "/topic/")):

@@ -62,6 +62,9 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("broker:\n  password: pw\n", "broker.password", "GATEWAY_BROKER__PASSWORD"),
     ("store:\n  url: mysql://x\n", "store.url", "unsupported store"),
     ("store:\n  url: postgresql://gw:pw@db/gw\n", "store.url", "PGPASSWORD"),
+    ("store:\n  url: postgresql://gw@[::1/gw\n", "store.url",
+     "'postgresql://gw@[::1/gw' is not a URL: Invalid IPv6 URL"),
+    ("store:\n  url: postgresql://gw@db:5432x/gw\n", "store.url", "is not a URL: Port could not"),
     ("schema:\n  path: nowhere.xsd\n", "schema.path", "no schema file"),
     ("logging:\n  level: LOUD\n", "logging.level", "unknown level"),
     ("broker: [1, 2\n", "", "not valid YAML at line"),
@@ -133,3 +136,13 @@ def test_a_store_url_from_the_environment_may_hold_a_password_never_shown() -> N
     assert load_settings(None, {"GATEWAY_STORE__URL": url}).store.url == url
     assert redact_url(url) == "postgresql://gw:***@db.example:5433/gateway?sslmode=require"
     assert redact_url("sqlite:///var/gateway.db") == "sqlite:///var/gateway.db"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://gw:s3cret@[::1/gateway", "postgresql://gw:***@[::1/gateway"),
+    ("postgresql://gw:s3cret@db:port/gateway", "postgresql://gw:***@db:port/gateway")])
+def test_a_store_url_that_does_not_parse_is_refused_without_its_password(url, shown) -> None:
+    assert redact_url(url) == shown
+    with pytest.raises(ConfigError, match="is not a URL") as info:
+        load_settings(None, {"GATEWAY_STORE__URL": url})
+    assert "s3cret" not in str(info.value) and shown in str(info.value)
