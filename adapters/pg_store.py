@@ -25,11 +25,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, LiteralString, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from adapters.sql_base import OUTBOX_COLUMNS, Connection, Cursor, SqlStoreBase
 from gateway.config import redact_url
@@ -43,6 +45,10 @@ ATTEMPTS = 3  # a write's tries when it loses a race with another writer
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected,
               pg_errors.UniqueViolation)
 _MIGRATION_LOCK = 0x5_3D1E_6A7E  # advisory lock key: one gateway migrates at a time
+# TCP keepalives, unless the URL sets its own: a server gone from the network (a partition, a
+# host that died) is noticed in about 25 s, not after the kernel's 15 minutes of resends.
+_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+               "keepalives_count": "3", "tcp_user_timeout": "25000"}
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the schema of SQLite's version 2, in PostgreSQL's types
@@ -148,14 +154,43 @@ class _Claims:
         self.channel: dict[int, str] = {}  # key -> its channel
 
 
+@dataclass(frozen=True, slots=True)
+class _SessionSettings:
+    conninfo: str  # the URL's, with the keepalives it does not set
+    timeouts: dict[str, str]  # set on each new session
+
+
+def _session_settings(url: str, lock_timeout_s: float,
+                      statement_timeout_s: float) -> _SessionSettings:
+    """What each of the gateway's sessions is given beyond the URL, where the URL does not
+    say otherwise (its parameters, or `options=-c...`): the keepalives, and bounds on how long
+    a statement may wait for a lock and run. A lock held by another session (an operator's
+    open transaction, a stuck gateway) then fails the request with a 503 after
+    lock_timeout_s, as SQLite's busy timeout does, instead of holding its server thread (and
+    in the end every one of them) for as long as the holder likes."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot open the store {redact_url(url)}: {str(exc).strip()}") from exc
+    options = str(given.get("options") or "")
+    timeouts = {"lock_timeout": f"{round(lock_timeout_s * 1000)}ms",
+                "statement_timeout": f"{round(statement_timeout_s * 1000)}ms"}
+    return _SessionSettings(
+        make_conninfo(url, **{key: value for key, value in _KEEPALIVES.items()
+                              if key not in given}),
+        {name: value for name, value in timeouts.items() if name not in options})
+
+
 class PgStore(SqlStoreBase):
     """The Store port on PostgreSQL (psycopg 3), for one or several gateways."""
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time,
-                 connect_timeout_s: int = 10) -> None:
+                 connect_timeout_s: int = 10, lock_timeout_s: float = 10.0,
+                 statement_timeout_s: float = 30.0) -> None:
         self.url = url
         self.clock = clock
         self.connect_timeout_s = connect_timeout_s
+        self._session = _session_settings(url, lock_timeout_s, statement_timeout_s)
         self._local = threading.local()
         self._all: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
@@ -167,9 +202,11 @@ class PgStore(SqlStoreBase):
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             try:
-                conn = psycopg.connect(self.url, autocommit=True,
+                conn = psycopg.connect(self._session.conninfo, autocommit=True,
                                        connect_timeout=self.connect_timeout_s,
                                        application_name="smile-gateway")
+                for name, value in self._session.timeouts.items():
+                    conn.execute("SELECT set_config(%s, %s, false)", (name, value))
             except psycopg.Error as exc:
                 raise StoreError(f"cannot open the store {redact_url(self.url)}: "
                                  f"{str(exc).strip()}") from exc
@@ -207,6 +244,10 @@ class PgStore(SqlStoreBase):
 
     def _migrate(self) -> None:
         def work(conn: Connection) -> None:
+            # a migration of a large store may take long, and so may waiting for another
+            # gateway's: neither is bounded by the session's timeouts
+            conn.execute("SET LOCAL lock_timeout = 0")
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = conn.execute("SELECT version FROM schema_version").fetchone()

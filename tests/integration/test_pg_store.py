@@ -196,3 +196,40 @@ def test_a_lost_connection_fails_one_call_then_the_store_reconnects(url) -> None
         store.subscription("u1")
     assert store.subscription("u1") is not None  # a new connection, the same data
     store.close()
+
+
+def test_a_subscription_locked_by_another_session_fails_the_write_after_lock_timeout_s(
+        url) -> None:
+    """An operator's open transaction (or a stuck gateway) holding a subscription's lock: the
+    write is a StoreError (a 503) after lock_timeout_s, not a thread held as long as it lasts."""
+    store = PgStore(url, lock_timeout_s=0.5)
+    decide = lambda r, ids: Decision(SubscriptionRecord("u1", 1, b"<x/>", {}))  # noqa: E731
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            store.record("u1", None, decide)
+        except StoreError as exc:
+            failures.append(exc)
+
+    with psycopg.connect(url) as holder:  # a transaction, left open
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("usn:u1",))
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the write waited for the lock beyond lock_timeout_s"
+    assert len(failures) == 1 and "lock timeout" in str(failures[0])
+    store.record("u1", None, decide)  # the lock gone, the same store writes again
+    assert store.subscription("u1") is not None
+    store.close()
+
+
+def test_the_url_may_set_its_own_timeouts_and_keepalives(url) -> None:
+    own = PgStore(url.replace("options=", "keepalives_idle=42&options=-clock_timeout%3D1234%20"))
+    default = PgStore(url)
+    for store, lock, idle in ((own, "1234ms", "42"), (default, "10s", "10")):
+        conn = store._conn()
+        assert conn.execute("SHOW lock_timeout").fetchone() == (lock,)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+        assert conn.info.get_parameters()["keepalives_idle"] == idle
+        store.close()
