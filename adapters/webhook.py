@@ -64,6 +64,11 @@ def problem_json(status: int, title: str, detail: str,
     return json.dumps(body)
 
 
+# seconds a sender is asked to wait before resending what met the store unavailable (a
+# lock held past the busy timeout, a full disk, a database restarting)
+STORE_RETRY_AFTER_S = "5"
+
+
 def problem(status: int, title: str, detail: str,
             errors: list[dict[str, Any]] | None = None) -> Response:
     return Response(problem_json(status, title, detail, errors), status=status,
@@ -87,7 +92,9 @@ def _translate(exc: Exception) -> Response:
         return problem(422, "Unprocessable Content", str(exc))
     if isinstance(exc, StoreError):
         log.error("store unavailable: %s", exc)
-        return problem(503, "Service Unavailable", "the store is unavailable; retry later")
+        response = problem(503, "Service Unavailable", "the store is unavailable; retry later")
+        response.headers["Retry-After"] = STORE_RETRY_AFTER_S  # nothing was recorded: resend
+        return response
     if isinstance(exc, HTTPException):
         code = exc.code or 500
         response = problem(code, exc.name, exc.description or exc.name)

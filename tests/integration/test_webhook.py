@@ -295,6 +295,7 @@ def test_a_store_outage_is_503(settings, codec, tmp_path) -> None:
     Path(service.store.path).mkdir()  # the database is now a folder: nothing can open it
     r = post_xml(client, RTP)
     assert r.status_code == 503 and r.mimetype == "application/problem+json"
+    assert r.headers["Retry-After"] == "5"  # nothing was recorded: the sender resends
 
 
 def test_the_feature_diff_is_taken_against_the_stored_snapshot(client) -> None:
