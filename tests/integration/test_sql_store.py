@@ -134,9 +134,10 @@ def batch_behind_a_held_commit(store: SqlStore,
                                decides: dict[str, Decide]) -> dict[str, object]:
     """Runs `decides` concurrently while a first writer leads, so that they run in
     its open transaction; returns each one's response or exception, and the COMMITs seen."""
-    gate = threading.Event()
+    gate, leading = threading.Event(), threading.Event()
 
     def held(record, ids) -> Decision:
+        leading.set()  # its piece is off the queue: the others queue behind it
         gate.wait(10)
         return decision("first")
 
@@ -150,7 +151,7 @@ def batch_behind_a_held_commit(store: SqlStore,
 
     first = threading.Thread(target=write, args=("first", held))
     first.start()
-    wait_until(lambda: store._writer is not None, 5, 0.01, "the first writer to lead")
+    wait_until(leading.is_set, 5, 0.01, "the first writer to lead")
     assert store._writer is not None
     statements: list[str] = []
     store._writer.set_trace_callback(statements.append)
@@ -217,10 +218,11 @@ def test_a_piece_failing_after_writing_is_undone_alone(tmp_path) -> None:
 
 def test_an_interrupted_leader_leaves_no_writer_waiting(tmp_path) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
-    gate = threading.Event()
+    gate, leading = threading.Event(), threading.Event()
     outcomes: dict[str, object] = {}
 
     def held(record, ids) -> Decision:
+        leading.set()  # its piece is off the queue: the others queue behind it
         gate.wait(10)
         return decision("first")
 
@@ -235,7 +237,7 @@ def test_an_interrupted_leader_leaves_no_writer_waiting(tmp_path) -> None:
 
     threads = [threading.Thread(target=write, args=("first", held))]
     threads[0].start()
-    wait_until(lambda: store._writer is not None, 5, 0.01, "the first writer to lead")
+    wait_until(leading.is_set, 5, 0.01, "the first writer to lead")
     for queued, (usn, decide) in enumerate([("a", lambda r, i: decision("a")),
                                             ("b", interrupted),
                                             ("c", lambda r, i: decision("c"))], start=1):
