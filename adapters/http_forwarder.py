@@ -158,18 +158,15 @@ class RequestsForwarder:
     delivery. A 3xx is a dead letter naming the Location, for forward.url to be corrected.
     """
 
-    def __init__(self, settings: ForwardSettings, session: requests.Session | None = None) -> None:
+    def __init__(self, settings: ForwardSettings) -> None:
         self.settings = settings
-        self._shared = session
         self._local = threading.local()
         self._deadlines = _Deadlines()
 
     @property
     def session(self) -> requests.Session:
-        """The given session, else one per sending thread (a Session is not thread-safe);
-        each keeps its connection to the order system alive."""
-        if self._shared is not None:
-            return self._shared
+        """One per sending thread (a Session is not thread-safe), over connections the
+        deadline can end; each keeps its connection to the order system alive."""
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
