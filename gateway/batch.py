@@ -72,8 +72,16 @@ def _walk(folder: str, on_missing: Callable[[str, str], None]) -> Iterator[str]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(entry.path, on_missing)
-        elif entry.name.endswith(".xml") and entry.is_file():
-            yield entry.path
+        elif entry.name.endswith(".xml"):
+            # a *.xml that is no file (a pipe, a dangling or looping link) is told, as a path
+            # given so would be; a symbolic link to a folder is not followed, whatever its name
+            try:
+                if entry.is_file():
+                    yield entry.path
+                elif not entry.is_dir():
+                    on_missing(entry.path, _not_checkable(entry.path))
+            except OSError as exc:  # a link that loops
+                on_missing(entry.path, exc.strerror or str(exc))
 
 
 def _read(path: str, limit: int, stdin: Callable[[], bytes]) -> bytes:

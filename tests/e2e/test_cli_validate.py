@@ -93,6 +93,23 @@ def test_a_path_that_is_not_a_file_says_what_it_is(tmp_path: Path) -> None:
     assert "loop.xml: cannot read: Too many levels of symbolic links" in done.stderr
 
 
+def test_a_folder_s_xml_entries_that_are_no_files_are_told_and_the_rest_checked(
+        tmp_path: Path) -> None:
+    shutil.copy(SAMPLES / "SubscriptionClosed.xml", tmp_path / "good.xml")
+    os.mkfifo(tmp_path / "pipe.xml")
+    (tmp_path / "dangling.xml").symlink_to(tmp_path / "gone.xml")
+    (tmp_path / "loop.xml").symlink_to(tmp_path / "loop.xml")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "linked.xml").symlink_to(tmp_path / "folder")  # not followed, not a problem
+    done = run_cli(["validate", str(tmp_path)], timeout=30)
+    assert done.returncode == 2 and "1 valid, 0 invalid" in done.stdout
+    assert "Traceback" not in done.stderr
+    told = sorted(line.split(": cannot read: ")[0].rsplit("/", 1)[-1]
+                  for line in done.stderr.splitlines() if ": cannot read: " in line)
+    assert told == ["dangling.xml", "loop.xml", "pipe.xml"]
+    assert "loop.xml: cannot read: Too many levels of symbolic links" in done.stderr
+
+
 def test_usage_errors_exit_2() -> None:
     assert run_cli(["validate"]).returncode == 2
     bad_jobs = run_cli(["validate", "--jobs", "0", "samples"])
