@@ -75,6 +75,23 @@ def problem(status: int, title: str, detail: str,
                     mimetype=PROBLEM)
 
 
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are unique. With a name given twice, parsers differ on which
+    value counts (Python's takes the last, others the first): a proxy or the order system
+    could read another eventId or state than the gateway did, so such a body is refused."""
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise ValueError(f"the name {clip(name, 60)!r} is given twice in one object")
+        obj[name] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's parser takes and JSON does not have."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _translate(exc: Exception) -> Response:
     """The one map from exceptions to HTTP responses."""
     if isinstance(exc, _Problem):
@@ -210,7 +227,7 @@ def create_app(service: GatewayService, settings: Settings,
         data = body_bytes(req)
         signed(req, data)
         try:
-            return json.loads(data)
+            return json.loads(data, object_pairs_hook=_unique_names, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Problem(400, "Bad Request", f"body is not valid JSON: {exc}") from exc
         except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack

@@ -158,6 +158,21 @@ def test_malformed_json_is_400_and_a_wrong_type_is_415(client) -> None:
     assert r.status_code == 415
 
 
+@pytest.mark.parametrize("route", ["/orders/events", "/listener/productOrderStateChangeEvent"])
+@pytest.mark.parametrize("body, detail", [
+    (b'{"eventId": "e1", "usn": "2142426762", "eventId": "e2"}',
+     "body is not valid JSON: the name 'eventId' is given twice in one object"),
+    (b'{"event": {"productOrder": {"state": "accepted", "state": "cancelled"}}}',
+     "the name 'state' is given twice in one object"),
+    (b'{"eventId": NaN}', "body is not valid JSON: NaN is not a JSON value"),
+    (b'{"sid": -Infinity}', "-Infinity is not a JSON value")])
+def test_a_name_given_twice_or_a_non_json_number_is_400(client, route, body, detail) -> None:
+    """Parsers differ on which of two values of a name counts: none is picked."""
+    r = client.post(route, data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    assert detail in r.json["detail"]
+
+
 def test_the_tmf622_listener_answers_204(client) -> None:
     seed(client)
     event = {"eventId": "tmf-1", "eventType": "ProductOrderStateChangeEvent",
