@@ -274,6 +274,17 @@ class SmileXmlCodec:
         root = etree.fromstring(data, self._parser())
         return frozenset(int(el.text) for el in root.iter(_NS + "FeatureId"))
 
+    def text(self, data: bytes) -> str:
+        # A snapshot is kept as received, in whatever encoding it declares (Smile's are UTF-8,
+        # but ISO-8859-1 or UTF-16 parse as well): its bytes are read in that encoding, and
+        # where Python does not know its name, the parsed tree is written out as text.
+        tree = etree.fromstring(data, self._parser()).getroottree()
+        encoding = (tree.docinfo.encoding or "UTF-8").upper()
+        try:
+            return data.decode("utf-8-sig" if encoding in ("UTF-8", "UTF8") else encoding)
+        except (LookupError, UnicodeDecodeError):
+            return str(etree.tostring(tree, encoding="unicode"))
+
     # -- writing ----------------------------------------------------------------------------
 
     def build_tree(self, document: Document) -> etree._Element:

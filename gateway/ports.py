@@ -34,6 +34,10 @@ class Codec(Protocol):
         """The FeatureIds of a document the gateway stored itself (trusted: not validated)."""
         ...
 
+    def text(self, data: bytes) -> str:
+        """A document the gateway stored itself as text, read in the encoding it declares."""
+        ...
+
 
 class RequestIds(Protocol):
     """Allocates provisionRequestIds: unique, increasing, persisted by a real store."""

@@ -327,7 +327,7 @@ class GatewayService:
             "states": {state_key(v): s for v, s in record.states.items()},
             "provisionRequestId": record.provision_request_id,
             "features": [{"featureId": f.feature_id, "name": f.name} for f in snapshot.features],
-            "snapshot": record.snapshot.decode("utf-8"),
+            "snapshot": self.codec.text(record.snapshot),  # kept in the encoding it came in
             "history": self.store.history(usn),
         }
 

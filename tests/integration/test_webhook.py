@@ -313,6 +313,28 @@ def test_a_store_outage_is_503(settings, codec, tmp_path) -> None:
     assert r.headers["Retry-After"] == "5"  # nothing was recorded: the sender resends
 
 
+@pytest.mark.parametrize("encoding, codec_name", [
+    ("ISO-8859-1", "latin-1"), ("UTF-16", "utf-16"), ("UTF-8", "utf-8-sig")])
+def test_a_document_in_another_encoding_is_kept_viewed_and_rendered_from(
+        settings, codec, tmp_path, encoding, codec_name) -> None:
+    client, service = build(settings, codec, tmp_path)
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+        'encoding="UTF-8"', f'encoding="{encoding}"').replace("Home broadband", "Café broadband")
+    data = text.encode(codec_name)  # utf-8-sig: UTF-8 with a byte order mark
+    assert post_xml(client, data, **{"X-Smile-Message-Type": "SubscriptionActivated"}
+                    ).status_code == 202
+    view = client.get("/subscriptions/2142426765")
+    assert view.status_code == 200, view.json
+    assert view.json["snapshot"] == text  # the document as it came, read in its encoding
+    assert service.store.subscription("2142426765").snapshot == data  # kept byte for byte
+    r = client.post("/orders/events", json={"eventId": "ev-1", "usn": "2142426765",
+                                            "vocabulary": "subscription",
+                                            "state": "decommissioning"})
+    assert r.status_code == 202, r.json
+    [message] = service.store.outbox()
+    assert "<ServiceName>Café broadband &amp; voice</ServiceName>" in message.body.decode()
+
+
 def test_the_feature_diff_is_taken_against_the_stored_snapshot(client) -> None:
     changed = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
     first = post_xml(client, changed).json
