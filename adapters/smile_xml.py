@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 import threading
 from collections.abc import Callable
@@ -45,6 +46,15 @@ T = TypeVar("T")
 DEFAULT_MAX_BYTES = 1024 * 1024
 # Written by hand: lxml's own declaration uses single quotes, Smile's documents double ones.
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
+# A document that starts in ASCII (no byte order mark), with its declaration's encoding if
+# it has one: UTF-8 unless that says otherwise. Then the same in text, to rewrite it.
+_UTF8_PROLOG = re.compile(
+    rb"(?=[^\xef\xfe\xff\x00][^\x00])(?:<\?xml[^>]*?\sencoding\s*=\s*[\"'](?P<encoding>[^\"']*)[\"']|"
+    rb"(?!<\?xml[^>]*?\sencoding))")
+_BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+                     (codecs.BOM_UTF8, "utf-8-sig"))
+_ENCODING_DECLARED = re.compile(r"\A(<\?xml[^>]*?\sencoding\s*=\s*)[\"'][^\"']*[\"']")
 _NS = "{" + SMILE_NS + "}"
 _NSMAP = {None: SMILE_NS}
 
@@ -274,16 +284,22 @@ class SmileXmlCodec:
         root = etree.fromstring(data, self._parser())
         return frozenset(int(el.text) for el in root.iter(_NS + "FeatureId"))
 
-    def text(self, data: bytes) -> str:
-        # A snapshot is kept as received, in whatever encoding it declares (Smile's are UTF-8,
-        # but ISO-8859-1 or UTF-16 parse as well): its bytes are read in that encoding, and
-        # where Python does not know its name, the parsed tree is written out as text.
+    def utf8(self, data: bytes) -> bytes:
+        # Smile's documents are UTF-8, but ISO-8859-1 or UTF-16 ones parse as well. The bus
+        # carries text (a TextMessage, no content-length: UTF-16's NUL bytes would end the
+        # frame), and a JSON view is text: such a document is read in its encoding and
+        # written in UTF-8, its declaration saying so, nothing else changed. Where Python
+        # does not know the encoding's name, the parsed tree is written out instead.
+        declared = _UTF8_PROLOG.match(data)
+        if declared and (declared["encoding"] or b"UTF-8").upper() in (b"UTF-8", b"UTF8"):
+            return data  # the common case, without a parse
         tree = etree.fromstring(data, self._parser()).getroottree()
-        encoding = (tree.docinfo.encoding or "UTF-8").upper()
-        try:
-            return data.decode("utf-8-sig" if encoding in ("UTF-8", "UTF8") else encoding)
+        marked = [name for mark, name in _BYTE_ORDER_MARKS if data.startswith(mark)]
+        try:  # a byte order mark says which, else the declaration as the parser read it
+            text = data.decode(marked[0] if marked else tree.docinfo.encoding or "utf-8")
         except (LookupError, UnicodeDecodeError):
-            return str(etree.tostring(tree, encoding="unicode"))
+            text = str(etree.tostring(tree, encoding="unicode"))
+        return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
 
     # -- writing ----------------------------------------------------------------------------
 

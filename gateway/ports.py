@@ -34,8 +34,9 @@ class Codec(Protocol):
         """The FeatureIds of a document the gateway stored itself (trusted: not validated)."""
         ...
 
-    def text(self, data: bytes) -> str:
-        """A document the gateway stored itself as text, read in the encoding it declares."""
+    def utf8(self, data: bytes) -> bytes:
+        """A well-formed document in UTF-8, its declaration saying so: `data` itself when it
+        is already."""
         ...
 
 

@@ -292,6 +292,7 @@ class GatewayService:
             raise MappingError(f"unknown smileMessageType {message_type!r}", MESSAGE_TYPES)
         correlation = correlation_id or str(uuid.uuid4())
         decoded = [self.codec.decode(data) for data in documents]  # every one valid, or none
+        documents = [self.codec.utf8(data) for data in documents]  # the bus carries UTF-8 text
         items: list[NewOutboxItem] = []
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
@@ -327,7 +328,7 @@ class GatewayService:
             "states": {state_key(v): s for v, s in record.states.items()},
             "provisionRequestId": record.provision_request_id,
             "features": [{"featureId": f.feature_id, "name": f.name} for f in snapshot.features],
-            "snapshot": self.codec.text(record.snapshot),  # kept in the encoding it came in
+            "snapshot": self.codec.utf8(record.snapshot).decode("utf-8"),  # kept as it came
             "history": self.store.history(usn),
         }
 

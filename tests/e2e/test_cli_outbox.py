@@ -34,6 +34,27 @@ def test_publish_waits_for_the_broker_and_the_outbox_shows_it(tmp_path: Path) ->
         ("sent", "SubscriptionReadyToProvision")] * 2
 
 
+def test_publish_sends_a_document_in_another_encoding_as_utf8_text(tmp_path: Path) -> None:
+    """The bus carries text without a content-length: a UTF-16 document, sent as it is, ended
+    at its first NUL byte, and what followed it broke the next frame."""
+    require_broker()
+    queue = unique_queue("cli-publish-encoding")
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+        "Home broadband", "Café broadband")
+    files = []
+    for name, encoding, codec in (("u16.xml", "UTF-16", "utf-16"),
+                                  ("latin.xml", "ISO-8859-1", "latin-1")):
+        (tmp_path / name).write_bytes(
+            text.replace('encoding="UTF-8"', f'encoding="{encoding}"').encode(codec))
+        files.append(str(tmp_path / name))
+    done = run_cli(["publish", "--message-type", "SubscriptionActivated", *files],
+                   env=env_for(tmp_path, queue))
+    assert done.returncode == 0, done.stderr
+    assert "2 of 2 confirmed by the broker" in done.stdout
+    frames = receive(queue, 2, timeout=20)
+    assert [f.body for f in frames] == [text.encode("utf-8")] * 2
+
+
 def test_publish_beside_a_running_serve_leaves_the_sending_to_it(tmp_path: Path) -> None:
     """One SQLite file, two relays would send the same rows: `publish` waits for serve's."""
     require_broker()

@@ -352,3 +352,28 @@ def test_any_document_survives_a_round_trip(codec: SmileXmlCodec, document) -> N
 def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:
     found = codec.check((INVALID / "boolean-property-not-true-false.xml").read_bytes())
     assert not re.search(r"\{http://xml\.inomial\.com/smile/2\.xsd\}", found[0].message)
+
+
+DOC_TEXT = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+    "Home broadband", "Café broadband")
+
+
+BARE_DECLARATION = DOC_TEXT.replace(' encoding="UTF-8"', "")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (DOC_TEXT.replace('encoding="UTF-8"', "encoding='iso-8859-1'").encode("latin-1"), DOC_TEXT),
+    (DOC_TEXT.replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"), DOC_TEXT),
+    (BARE_DECLARATION.encode("utf-16"), BARE_DECLARATION),  # a byte order mark says UTF-16
+    (DOC_TEXT.encode("utf-8-sig"), DOC_TEXT)])  # UTF-8 with a byte order mark
+def test_a_document_in_another_encoding_is_written_in_utf8_saying_so(
+        codec, data, expected) -> None:
+    assert codec.utf8(data) == expected.encode("utf-8")
+    assert codec.decode(codec.utf8(data)) == codec.decode(data)
+
+
+def test_a_utf8_document_is_handed_back_as_it_is(codec) -> None:
+    data = DOC_TEXT.encode("utf-8")
+    assert codec.utf8(data) is data
+    bare = data.split(b"?>", 1)[1].lstrip()  # no declaration at all
+    assert codec.utf8(bare) is bare
