@@ -401,7 +401,8 @@ class StompConsumer:
         try:
             if outcome == "dead-letter" and self.inbound.dead_letter_destination:
                 conn.send(self.inbound.dead_letter_destination, body,
-                          headers={**_forwardable(headers), "persistent": "true"})
+                          headers={**_forwardable(headers), **_length_as_it_came(headers, body),
+                                   "persistent": "true"})
             conn.ack(headers.get("ack") or headers.get("message-id", ""))
             self.processed += 1
         except STOMP_ERRORS as exc:
@@ -444,6 +445,15 @@ class StompConsumer:
                 self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+
+def _length_as_it_came(headers: dict[str, str], body: bytes) -> dict[str, str]:
+    """A content-length for a message passed on, if it came with one (a JMS BytesMessage
+    stays one) or holds a NUL byte: without it, STOMP ends the frame at the first NUL and the
+    broker reads the rest as a broken frame."""
+    if "content-length" in headers or b"\x00" in body:
+        return {"content-length": str(len(body))}
+    return {}
 
 
 def _forwardable(headers: dict[str, str]) -> dict[str, str]:

@@ -271,6 +271,28 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     assert receive(queue, 1, timeout=2, broker=broker) == []
 
 
+def test_a_dead_letter_is_passed_on_as_it_came_nul_bytes_and_all(
+        settings, codec, tmp_path, broker) -> None:
+    """A BytesMessage (a content-length) may hold NUL bytes: passed on without its length,
+    the frame would end at the first one and the broker would read the rest as a new frame."""
+    queue = unique_queue("dlq-bytes")
+    s = make_settings(settings, queue, broker)
+    s = replace(s, inbound=replace(s.inbound, dead_letter_destination=queue + ".DLQ"))
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+    body = "<not a document>".encode("utf-16")  # NUL bytes in it
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        send(queue, body, {"gateway-message-id": "bytes-1", "content-length": str(len(body))},
+             broker=broker)
+        send(queue, b"<still not one/>", {"gateway-message-id": "text-1"}, broker=broker)
+        wait_until(lambda: len(outcomes) == 2, 20, what="two deliveries")
+    assert outcomes == ["dead-letter", "dead-letter"]
+    frames = receive(queue + ".DLQ", 2, timeout=20, broker=broker)
+    assert [(f.headers["gateway-message-id"], f.body) for f in frames] == [
+        ("bytes-1", body), ("text-1", b"<still not one/>")]
+    assert "content-length" not in frames[1].headers  # a TextMessage stays one
+
+
 def test_a_poison_message_does_not_loop(settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("poison")
     s = make_settings(settings, queue, broker)
