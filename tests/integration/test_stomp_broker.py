@@ -290,7 +290,8 @@ def test_a_dead_letter_is_passed_on_as_it_came_nul_bytes_and_all(
     frames = receive(queue + ".DLQ", 2, timeout=20, broker=broker)
     assert [(f.headers["gateway-message-id"], f.body) for f in frames] == [
         ("bytes-1", body), ("text-1", b"<still not one/>")]
-    assert "content-length" not in frames[1].headers  # a TextMessage stays one
+    if broker is ACTIVEMQ:  # RabbitMQ gives every frame it delivers a content-length
+        assert "content-length" not in frames[1].headers  # a TextMessage stays one
 
 
 def test_a_poison_message_does_not_loop(settings, codec, tmp_path, broker) -> None:
