@@ -47,13 +47,14 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 # Written by hand: lxml's own declaration uses single quotes, Smile's documents double ones.
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 # A document that starts in ASCII (no byte order mark), with its declaration's encoding if
-# it has one: UTF-8 unless that says otherwise. Then the same in text, to rewrite it.
+# it has one: UTF-8 unless that says otherwise.
 _UTF8_PROLOG = re.compile(
     rb"(?=[^\xef\xfe\xff\x00][^\x00])(?:<\?xml[^>]*?\sencoding\s*=\s*[\"'](?P<encoding>[^\"']*)[\"']|"
     rb"(?!<\?xml[^>]*?\sencoding))")
 _BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                      (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
                      (codecs.BOM_UTF8, "utf-8-sig"))
+# The declaration's encoding in a document's text, to rewrite it.
 _ENCODING_DECLARED = re.compile(r"\A(<\?xml[^>]*?\sencoding\s*=\s*)[\"'][^\"']*[\"']")
 _NS = "{" + SMILE_NS + "}"
 _NSMAP = {None: SMILE_NS}
