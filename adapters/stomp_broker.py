@@ -401,8 +401,7 @@ class StompConsumer:
         try:
             if outcome == "dead-letter" and self.inbound.dead_letter_destination:
                 conn.send(self.inbound.dead_letter_destination, body,
-                          headers={**_forwardable(headers), **_length_as_it_came(headers, body),
-                                   "persistent": "true"})
+                          headers={**_passed_on(headers, body), "persistent": "true"})
             conn.ack(headers.get("ack") or headers.get("message-id", ""))
             self.processed += 1
         except STOMP_ERRORS as exc:
@@ -447,15 +446,13 @@ class StompConsumer:
                 return
 
 
-def _length_as_it_came(headers: dict[str, str], body: bytes) -> dict[str, str]:
-    """A content-length for a message passed on, if it came with one (a JMS BytesMessage
-    stays one) or holds a NUL byte: without it, STOMP ends the frame at the first NUL and the
-    broker reads the rest as a broken frame."""
-    if "content-length" in headers or b"\x00" in body:
-        return {"content-length": str(len(body))}
-    return {}
-
-
-def _forwardable(headers: dict[str, str]) -> dict[str, str]:
+def _passed_on(headers: dict[str, str], body: bytes) -> dict[str, str]:
+    """The headers of a message passed on: not those the broker set for its delivery, and a
+    content-length if it came with one (a JMS BytesMessage stays one) or holds a NUL byte:
+    without it, STOMP ends the frame at the first NUL and the broker reads the rest as a
+    broken frame."""
     skip = {"message-id", "subscription", "ack", "destination", "content-length"}
-    return {k: v for k, v in headers.items() if k not in skip}
+    kept = {k: v for k, v in headers.items() if k not in skip}
+    if "content-length" in headers or b"\x00" in body:
+        kept["content-length"] = str(len(body))
+    return kept
