@@ -154,6 +154,10 @@ class _Claims:
         self.channel: dict[int, str] = {}  # key -> its channel
 
 
+def _cannot_open(url: str, exc: psycopg.Error) -> StoreError:
+    return StoreError(f"cannot open the store {redact_url(url)}: {str(exc).strip()}")
+
+
 @dataclass(frozen=True, slots=True)
 class _SessionSettings:
     conninfo: str  # the URL's, with the keepalives it does not set
@@ -171,7 +175,7 @@ def _session_settings(url: str, lock_timeout_s: float,
     try:
         given = conninfo_to_dict(url)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot open the store {redact_url(url)}: {str(exc).strip()}") from exc
+        raise _cannot_open(url, exc) from exc
     options = str(given.get("options") or "")
     timeouts = {"lock_timeout": f"{round(lock_timeout_s * 1000)}ms",
                 "statement_timeout": f"{round(statement_timeout_s * 1000)}ms"}
@@ -208,8 +212,7 @@ class PgStore(SqlStoreBase):
                 for name, value in self._session.timeouts.items():
                     conn.execute("SELECT set_config(%s, %s, false)", (name, value))
             except psycopg.Error as exc:
-                raise StoreError(f"cannot open the store {redact_url(self.url)}: "
-                                 f"{str(exc).strip()}") from exc
+                raise _cannot_open(self.url, exc) from exc
             self._local.conn = conn
             self._local.claims = _Claims()  # a new session holds no locks
             with self._lock:
