@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 from waitress.channel import HTTPChannel
@@ -64,6 +65,11 @@ class WaitressServer:
         except OSError as exc:  # the port is taken, the address is not this machine's, ...
             raise ConfigError("webhook.port", f"cannot listen on {settings.host}:"
                               f"{settings.port}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # waitress's word for a host name that does not resolve
+            cause = exc.__context__
+            why = cause.strerror if isinstance(cause, socket.gaierror) else str(exc)
+            raise ConfigError("webhook.host", f"cannot listen on {settings.host}:"
+                              f"{settings.port}: {why}") from exc
         # one listener per address the host resolves to (a name may have an IPv4 and an IPv6)
         self.listeners = [each for each in sockets.values() if isinstance(each, BaseWSGIServer)]
         for listener in self.listeners:

@@ -180,6 +180,14 @@ def test_a_port_already_taken_is_a_clear_start_up_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_host_name_that_does_not_resolve_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    done = run_cli(["serve"], env={"GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'gw.db'}",
+                                   "GATEWAY_WEBHOOK__HOST": "no-such-host.invalid"})
+    assert done.returncode == 2
+    assert "webhook.host: cannot listen on no-such-host.invalid:8080: " in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_serve_runs_the_pruner_unless_retention_is_off(tmp_path: Path) -> None:
     for env, running in (({}, True), ({"GATEWAY_STORE__RETENTION_DAYS": "0"}, False)):
         (tmp_path / str(running)).mkdir()
