@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -407,8 +408,7 @@ def cmd_dead_letters_show(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Webhook + outbox relays + broker consumer in one process, until SIGTERM or SIGINT."""
-    import signal
-    import threading
+    import signal  # here, not for every command: `validate` starts faster without it
 
     from gateway.bootstrap import bootstrap, build_http_server, ready_checks
     from gateway.logs import configure_logging
@@ -425,18 +425,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime.close()
         raise
     stop = threading.Event()
-    threads = []
+    failed: list[str] = []
+
+    def stop_serving(name: str) -> None:  # a worker ended on an error it has no answer for
+        failed.append(name)
+        os.kill(os.getpid(), signal.SIGTERM)  # the main thread stops as on SIGTERM
+
+    workers: list[tuple[str, Callable[[threading.Event], None]]] = []
     if settings.emission.enabled:
-        threads.append(threading.Thread(target=runtime.broker_relay.run, args=(stop,),
-                                        name="broker-relay"))
+        workers.append(("broker-relay", runtime.broker_relay.run))
     if runtime.forward_relay is not None:
-        threads.append(threading.Thread(target=runtime.forward_relay.run, args=(stop,),
-                                        name="forward-relay"))
+        workers.append(("forward-relay", runtime.forward_relay.run))
     if runtime.consumer is not None:
-        threads.append(threading.Thread(target=runtime.consumer.run, args=(stop,),
-                                        name="consumer"))
+        workers.append(("consumer", runtime.consumer.run))
     if settings.store.retention_days > 0:
-        threads.append(threading.Thread(target=runtime.pruner.run, args=(stop,), name="pruner"))
+        workers.append(("pruner", runtime.pruner.run))
+    threads = [threading.Thread(target=supervised, args=(name, work, stop, stop_serving),
+                                name=name) for name, work in workers]
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal %d: stopping (no new requests; finishing those in progress)", signum)
@@ -465,7 +470,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             thread.join(timeout=bound)
         runtime.close()
         log.info("stopped")
+    if failed:
+        log.error("stopped because %s failed (see above); the store keeps what it had "
+                  "accepted: start the gateway again", ", ".join(failed))
+        return EXIT_INVALID
     return EXIT_OK
+
+
+def supervised(name: str, work: Callable[[threading.Event], None], stop: threading.Event,
+               on_failure: Callable[[str], None]) -> None:
+    """Runs one of serve's workers until `stop`. Each handles the failures it expects (a broker
+    or store gone) itself; one it does not expect is logged with its traceback and stops the
+    whole gateway (`on_failure`), so that its supervisor restarts it rather than it go on
+    answering 202 with, say, no relay publishing what it accepts."""
+    try:
+        work(stop)
+    except Exception:
+        if stop.is_set():
+            log.exception("%s failed while stopping", name)
+        else:
+            log.exception("%s failed: stopping the gateway", name)
+            on_failure(name)
 
 
 # -- parser -----------------------------------------------------------------------------------

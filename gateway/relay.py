@@ -43,7 +43,7 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2.0 ** self.failures)
+        ceiling = min(self.maximum, self.initial * _doubled(self.failures))
         self.failures += 1
         return self.rng.uniform(ceiling / 2, ceiling)
 
@@ -53,7 +53,13 @@ class Backoff:
 
 def retry_delay(attempts: int, base: float, maximum: float = 300.0) -> float:
     """Delay before attempt `attempts + 1` of one message."""
-    return min(maximum, base * 2.0 ** max(0, attempts - 1))
+    return min(maximum, base * _doubled(max(0, attempts - 1)))
+
+
+def _doubled(times: int) -> float:
+    """2 ** times, held at 2 ** 64 (past any cap): a float power overflows from 2 ** 1024,
+    which a broker down for some six hours would reach in reconnect attempts."""
+    return 2.0 ** min(times, 64)
 
 
 RETRY_AFTER_MAX_S = 3600.0  # the longest Retry-After honoured: a wait stays bounded

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import pytest
 import requests
 
 from tests.brokers import Endpoint, receive, require_broker, send, unique_queue, wait_until
-from tests.conftest import INVALID, SAMPLES, run_cli
+from tests.conftest import INVALID, ROOT, SAMPLES, run_cli
 from tests.e2e.servers import GatewayProcess, OrderSystem
 
 RTP = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
@@ -186,6 +189,28 @@ def test_a_host_name_that_does_not_resolve_is_a_clear_start_up_error(tmp_path: P
     assert done.returncode == 2
     assert "webhook.host: cannot listen on no-such-host.invalid:8080: " in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_worker_that_fails_unexpectedly_stops_the_gateway_with_exit_1(tmp_path: Path) -> None:
+    # a bug in a worker thread (here the pruner's, once the server is up) must not leave the
+    # gateway answering while its work is not done: it stops, and says why, for a restart
+    script = ("import sys\n"
+              "from gateway import cli, retention\n"
+              "def broken(self, stop):\n"
+              "    stop.wait(1)\n"
+              "    raise RuntimeError('a bug')\n"
+              "retention.Pruner.run = broken\n"
+              "sys.exit(cli.main(['serve']))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update({"GATEWAY_STORE__URL": f"sqlite:///{tmp_path / 'gw.db'}",
+                "GATEWAY_WEBHOOK__PORT": "0"})
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stderr
+    assert "pruner failed: stopping the gateway" in done.stderr
+    assert "RuntimeError: a bug" in done.stderr
+    assert "signal 15: stopping" in done.stderr
+    assert "stopped because pruner failed" in done.stderr
 
 
 def test_serve_runs_the_pruner_unless_retention_is_off(tmp_path: Path) -> None:
