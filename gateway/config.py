@@ -284,17 +284,23 @@ def _message_types(raw: Any, key: str) -> dict[str, bool]:
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-# Keys that count something there must be at least one of.
-_COUNTS = (("broker", "max_in_flight"), ("emission", "max_attempts"), ("webhook", "threads"),
-           ("webhook", "max_body_bytes"), ("forward", "attempts"), ("forward", "concurrency"),
-           ("schema", "max_bytes"), ("webhook", "tolerance_s"))
-# Numeric keys with bounds (inclusive; None: none above). Durations are seconds or ms.
+# Numeric keys with bounds (inclusive; None: none above). Durations are seconds or ms, at most
+# a day (a longer wait overflows the platform's timers); counts at least one, at most what a
+# process can hold (threads) or what still is a bounded retry; sizes at most 256 MiB.
+_DAY_S = 86_400
+_MAX_DOCUMENT_BYTES = 256 * 1024 * 1024
 _RANGES: tuple[tuple[str, str, float, float | None], ...] = (
     ("broker", "port", 1, 65535), ("webhook", "port", 0, 65535),  # webhook 0: any free port
-    ("broker", "heartbeat_ms", 0, None),  # 0: no heart-beats
-    ("broker", "receipt_timeout_s", 0.001, None), ("broker", "reconnect_initial_s", 0.001, None),
-    ("broker", "reconnect_max_s", 0.001, None), ("forward", "timeout_s", 0.001, None),
-    ("forward", "backoff_s", 0, None), ("store", "retention_days", 0, None))  # 0: keep all
+    ("broker", "heartbeat_ms", 0, _DAY_S * 1000),  # 0: no heart-beats
+    ("broker", "receipt_timeout_s", 0.001, _DAY_S),
+    ("broker", "reconnect_initial_s", 0.001, _DAY_S), ("broker", "reconnect_max_s", 0.001, _DAY_S),
+    ("broker", "max_in_flight", 1, 65536),
+    ("emission", "max_attempts", 1, 1000), ("forward", "attempts", 1, 1000),
+    ("forward", "timeout_s", 0.001, _DAY_S), ("forward", "backoff_s", 0, _DAY_S),
+    ("forward", "concurrency", 1, 256), ("webhook", "threads", 1, 1024),
+    ("webhook", "max_body_bytes", 1, _MAX_DOCUMENT_BYTES),
+    ("schema", "max_bytes", 1, _MAX_DOCUMENT_BYTES), ("webhook", "tolerance_s", 1, None),
+    ("store", "retention_days", 0, 36_500))  # 0: keep all
 # Keys that must name something: an empty or blank value is an error, not a default.
 _NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
           ("inbound", "subscription_name"))
@@ -320,7 +326,8 @@ def redact_url(url: str) -> str:
 
 
 def _url_problem(url: str) -> str | None:
-    """Why a store URL cannot be read as one, if it cannot."""
+    """Why a URL cannot be read as one (an unclosed IPv6 bracket, a port that is no number or
+    out of range), if it cannot."""
     try:
         urlsplit(url).port  # noqa: B018 (reading the port checks it)
     except ValueError as exc:
@@ -394,10 +401,6 @@ def load_settings(path: str | Path | None = None,
                               ("/queue/NAME", "/topic/NAME"))
     if sections["webhook"].secret:
         secret_key(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
-    for name, key in _COUNTS:
-        if getattr(sections[name], key) < 1:
-            raise ConfigError(f"{name}.{key}",
-                              f"must be at least 1, found {getattr(sections[name], key)}")
     for name, key, low, high in _RANGES:
         value = getattr(sections[name], key)
         if not low <= value <= (high if high is not None else math.inf):
@@ -417,6 +420,9 @@ def load_settings(path: str | Path | None = None,
                           ("\"\" (store only)", "/queue/NAME", "/topic/NAME"))
     forward_url = sections["forward"].url
     if forward_url:
+        if problem := _url_problem(forward_url):
+            raise ConfigError("forward.url", f"{forward_url!r} is not a URL: {problem}",
+                              ("http://HOST[:PORT]/PATH", "https://HOST[:PORT]/PATH"))
         parts = urlsplit(forward_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("forward.url", f"{forward_url!r} is not an http(s) URL with a host",
