@@ -336,8 +336,9 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_replay(args: argparse.Namespace) -> int:
-    if not args.ids and not args.dead:
-        print("smile-gateway: outbox replay: give outbox ids or --dead", file=sys.stderr)
+    if bool(args.ids) == bool(args.dead):
+        print("smile-gateway: outbox replay: give outbox ids or --dead"
+              + (", not both" if args.dead else ""), file=sys.stderr)
         return EXIT_USAGE
     count = _from_store(args, lambda store: store.replay(None if args.dead else args.ids))
     print(f"{count} item(s) re-queued")

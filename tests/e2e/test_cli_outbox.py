@@ -113,6 +113,8 @@ def test_replay_requeues_dead_items(tmp_path: Path) -> None:
     store.close()
     assert "1 item(s)" in run_cli(["outbox", "list", "--status", "dead"], env=env).stdout
     assert run_cli(["outbox", "replay"], env=env).returncode == 2
+    both = run_cli(["outbox", "replay", "--dead", "99999"], env=env)
+    assert both.returncode == 2 and "give outbox ids or --dead, not both" in both.stderr
     done = run_cli(["outbox", "replay", "--dead"], env=env)
     assert done.returncode == 0 and "1 item(s) re-queued" in done.stdout
     assert f"{item_id:>6}  broker   pending" in run_cli(["outbox", "list"], env=env).stdout
