@@ -38,6 +38,7 @@ from gateway.errors import (
     ConfigError,
     DocumentInvalidError,
     DocumentParseError,
+    UnsupportedCharsetError,
     Violation,
     clip,
 )
@@ -54,6 +55,12 @@ _UTF8_PROLOG = re.compile(
 _BYTE_ORDER_MARKS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                      (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
                      (codecs.BOM_UTF8, "utf-8-sig"))
+# Text codecs of Python's that are no charset a transport would label XML with: escapes,
+# host names, none at all; UTF-7 hides markup from any byte scan.
+_NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode",
+                           "undefined", "utf-7", "mbcs", "oem"})
+# A charset label without a byte order mark means big-endian (RFC 2781, 4.3).
+_UNMARKED = {"utf-16": "utf-16-be", "utf-32": "utf-32-be"}
 # The declaration's encoding in a document's text, to rewrite it.
 _ENCODING_DECLARED = re.compile(r"\A(<\?xml[^>]*?\sencoding\s*=\s*)[\"'][^\"']*[\"']")
 _NS = "{" + SMILE_NS + "}"
@@ -134,6 +141,14 @@ def _column(data: bytes, line: int, name: str) -> int:
     if match is None:
         return 1
     return len(text[: match.start()].decode("utf-8", "replace")) + 1
+
+
+def _codec_name(encoding: bytes) -> str | None:
+    """Python's name for an encoding a declaration names, if Python knows it."""
+    try:
+        return codecs.lookup(encoding.decode("ascii")).name
+    except (LookupError, UnicodeDecodeError):
+        return None
 
 
 class SmileXmlCodec:
@@ -300,6 +315,31 @@ class SmileXmlCodec:
             text = data.decode(marked[0] if marked else tree.docinfo.encoding or "utf-8")
         except (LookupError, UnicodeDecodeError):
             text = str(etree.tostring(tree, encoding="unicode"))
+        return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
+
+    def labelled(self, data: bytes, charset: str) -> bytes:
+        # RFC 7303, 3.2: a byte order mark decides the encoding, else the transport's charset
+        # label, and only then the document's own declaration. A label is most often UTF-8
+        # over a document that says so, or nothing: `data` then as it came.
+        if data.startswith(tuple(mark for mark, _ in _BYTE_ORDER_MARKS)):
+            return data
+        try:
+            name = codecs.lookup(charset).name
+            if name in _NOT_CHARSETS:
+                raise LookupError(charset)
+            declared = _UTF8_PROLOG.match(data)  # what the document says, if it starts ASCII
+            if declared and _codec_name(declared["encoding"] or b"UTF-8") == name:
+                return data  # the two agree: kept as it came
+            text = data.decode(_UNMARKED.get(name, name))
+        except LookupError as exc:  # unknown, or a codec that is no text encoding (base64)
+            message = f"charset {charset!r} is not a character encoding the gateway reads"
+            raise UnsupportedCharsetError(message, [Violation(1, 1, "", message)]) from exc
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - data.rfind(b"\n", 0, exc.start)
+            message = (f"not well-formed: byte {exc.start} (0x{data[exc.start]:02x}) is not "
+                       f"{charset}, as the Content-Type says the document is")
+            raise DocumentParseError(message, [Violation(line, column, "", message)]) from exc
         return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
 
     # -- writing ----------------------------------------------------------------------------

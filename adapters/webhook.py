@@ -27,6 +27,7 @@ from gateway.errors import (
     StoreError,
     TransitionError,
     UnknownSubscriptionError,
+    UnsupportedCharsetError,
     clip,
 )
 from gateway.events import parse_order_event, parse_tmf622_event
@@ -98,6 +99,8 @@ def _translate(exc: Exception) -> Response:
         return problem(exc.status, exc.title, exc.detail, exc.errors)
     if isinstance(exc, SignatureError):
         return problem(401, "Unauthorized", str(exc))
+    if isinstance(exc, UnsupportedCharsetError):
+        return problem(415, "Unsupported Media Type", str(exc))
     if isinstance(exc, DocumentParseError):
         return problem(400, "Bad Request", str(exc), [v.as_dict() for v in exc.violations])
     if isinstance(exc, DocumentInvalidError):
@@ -241,7 +244,10 @@ def create_app(service: GatewayService, settings: Settings,
                            f"expected application/xml or text/xml, found "
                            f"{req.mimetype or 'none'}")
         data = body_bytes(req)
-        webhook_id = signed(req, data)
+        webhook_id = signed(req, data)  # over the bytes as they came
+        charset = req.mimetype_params.get("charset")
+        if charset:
+            data = service.codec.labelled(data, charset)
         environ = req.environ
         headers: dict[str, str] = {}
         message_type = environ.get("HTTP_X_SMILE_MESSAGE_TYPE") or None

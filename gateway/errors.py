@@ -73,6 +73,11 @@ class DocumentParseError(DocumentError):
     """Not well-formed XML, a DOCTYPE, or over the size limit."""
 
 
+class UnsupportedCharsetError(DocumentError):
+    """A transport labelled a document with a charset that is no character encoding the
+    gateway reads."""
+
+
 class DocumentInvalidError(DocumentError):
     """Well-formed, but violates the schema or a documented header rule."""
 

@@ -39,6 +39,13 @@ class Codec(Protocol):
         is already."""
         ...
 
+    def labelled(self, data: bytes, charset: str) -> bytes:
+        """A document that its transport labelled with `charset` (an HTTP Content-Type's), in
+        UTF-8 as that label says to read it (RFC 7303: a byte order mark, else the label,
+        over the declaration): `data` itself when the label agrees. UnsupportedCharsetError
+        for a label that is no text encoding; DocumentParseError where the bytes are not."""
+        ...
+
 
 class RequestIds(Protocol):
     """Allocates provisionRequestIds: unique, increasing, persisted by a real store."""

@@ -336,6 +336,67 @@ def test_a_document_in_another_encoding_is_kept_viewed_and_rendered_from(
     assert "<ServiceName>Café broadband &amp; voice</ServiceName>" in message.body.decode()
 
 
+def cafe(declaration: str) -> str:
+    return (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+        '<?xml version="1.0" encoding="UTF-8"?>', declaration).replace(
+        "Home broadband", "Café broadband")
+
+
+@pytest.mark.parametrize("declaration", ['<?xml version="1.0"?>', "",
+                                         '<?xml version="1.0" encoding="UTF-8"?>',
+                                         '<?xml version="1.0" encoding=\'windows-1252\'?>'])
+def test_a_content_type_charset_decides_over_the_declaration(
+        settings, codec, tmp_path, declaration) -> None:
+    # RFC 7303: the label is read before the declaration (a bridge that writes a String out
+    # in ISO-8859-1 and says so, whatever the document's declaration says)
+    client, service = build(settings, codec, tmp_path)
+    text = cafe(declaration)
+    r = client.post("/smile/messages", data=text.encode("latin-1"),
+                    headers={"Content-Type": "text/xml; charset=ISO-8859-1"})
+    assert r.status_code == 202, r.json
+    # kept in UTF-8, the declaration's encoding (if it names one) saying so
+    utf8 = text.replace("encoding='windows-1252'", 'encoding="UTF-8"')
+    assert service.store.subscription("2142426765").snapshot == utf8.encode("utf-8")
+    assert client.get("/subscriptions/2142426765").json["snapshot"] == utf8
+
+
+@pytest.mark.parametrize("content_type, data", [
+    ("application/xml; charset=utf-8", cafe('<?xml version="1.0" encoding="UTF-8"?>').encode()),
+    ("application/xml; charset=UTF8", cafe("").encode()),
+    ("application/xml; charset=iso-8859-1",
+     cafe('<?xml version="1.0" encoding="latin1"?>').encode("latin-1")),
+    ("application/xml; charset=utf-8",  # a byte order mark decides over the label
+     cafe('<?xml version="1.0" encoding="UTF-16"?>').encode("utf-16"))])
+def test_a_charset_that_agrees_keeps_the_document_as_it_came(
+        settings, codec, tmp_path, content_type: str, data: bytes) -> None:
+    client, service = build(settings, codec, tmp_path)
+    r = client.post("/smile/messages", data=data, headers={"Content-Type": content_type})
+    assert r.status_code == 202, r.json
+    assert service.store.subscription("2142426765").snapshot == data
+
+
+@pytest.mark.parametrize("charset", ["no-such-charset", "base64", "unicode_escape", "utf-7"])
+def test_a_charset_that_is_no_text_encoding_is_415(client, charset: str) -> None:
+    r = client.post("/smile/messages", data=cafe("").encode(),
+                    headers={"Content-Type": f"application/xml; charset={charset}"})
+    assert r.status_code == 415 and r.mimetype == "application/problem+json"
+    assert r.json["detail"] == (f"charset {charset!r} is not a character encoding the "
+                                "gateway reads")
+
+
+def test_bytes_that_are_not_the_labelled_charset_are_400_with_where(client) -> None:
+    data = cafe('<?xml version="1.0"?>').encode("utf-8")
+    r = client.post("/smile/messages", data=data,
+                    headers={"Content-Type": "application/xml; charset=us-ascii"})
+    assert r.status_code == 400, r.json
+    at = data.index("é".encode())
+    assert r.json["detail"] == (f"not well-formed: byte {at} (0xc3) is not us-ascii, as the "
+                                "Content-Type says the document is")
+    [error] = r.json["errors"]
+    assert error["line"] == data.count(b"\n", 0, at) + 1
+    assert error["column"] == at - data.rfind(b"\n", 0, at)
+
+
 def test_the_feature_diff_is_taken_against_the_stored_snapshot(client) -> None:
     changed = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
     first = post_xml(client, changed).json
