@@ -52,6 +52,17 @@ from gateway.translator import Translator, check_message, feature_diff, state_ke
 log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "gateway-origin"
+
+
+def _charset(content_type: str) -> str | None:
+    """The charset parameter of a STOMP content-type header (written as HTTP's), if any. A
+    frame without one is read by its own byte order mark or declaration: ActiveMQ passes a
+    STOMP sender's bytes on as they came, content-length or not."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or None
+    return None
 # The flags of a subscription the gateway creates from an order event, before any change.
 NEW_SUBSCRIPTION_FLAGS = Statuses(ProvisionStatus.READY_TO_PROVISION, SuspendStatus.ACTIVE,
                                   ActivateStatus.NOT_ACTIVATED, EnableStatus.NOT_ENABLED)
@@ -267,7 +278,9 @@ class GatewayService:
         dedupe_key = f"broker:{key}" if key else None
         message_type = headers.get("smileMessageType") or None
         try:
-            _, duplicate = self._accept(body, message_type, headers, dedupe_key, "smile")
+            charset = _charset(headers.get("content-type", ""))
+            data = self.codec.labelled(body, charset) if charset else body
+            _, duplicate = self._accept(data, message_type, headers, dedupe_key, "smile")
         except (DocumentError, MappingError) as exc:
             self.dead_letter("broker", exc, headers, body)
             return "dead-letter"

@@ -271,6 +271,40 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     assert receive(queue, 1, timeout=2, broker=broker) == []
 
 
+def test_a_content_type_charset_on_a_message_decides_over_the_declaration(
+        settings, codec, tmp_path, broker) -> None:
+    queue = unique_queue("charset")
+    s = make_settings(settings, queue, broker)
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+        'encoding="UTF-8"', 'encoding="ISO-8859-1"').replace("Home broadband", "Café broadband")
+    labelled = {"smileMessageType": "SubscriptionActivated",
+                "content-type": 'text/xml; charset="UTF-8"'}
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        # a sender that says its bytes are UTF-8, whatever the declaration says: recorded in
+        # UTF-8, the declaration saying so
+        send(queue, text.encode("utf-8"), {**labelled, "gateway-message-id": "label-1"},
+             broker=broker)
+        wait_until(lambda: len(outcomes) == 1, 20, what="the labelled message")
+        utf8 = text.replace('encoding="ISO-8859-1"', 'encoding="UTF-8"').encode("utf-8")
+        assert service.store.subscription("2142426765").snapshot == utf8
+        # no label: the declaration decides, the bytes kept as they came
+        send(queue, text.encode("latin-1"), {"smileMessageType": "SubscriptionActivated",
+                                             "gateway-message-id": "plain-1"}, broker=broker)
+        wait_until(lambda: len(outcomes) == 2, 20, what="the unlabelled message")
+        assert service.store.subscription("2142426765").snapshot == text.encode("latin-1")
+        assert "<ServiceName>Café broadband" in service.subscription_view("2142426765")["snapshot"]
+        send(queue, text.encode("utf-8"), {**labelled, "gateway-message-id": "bad-1",
+                                           "content-type": "text/xml; charset=no-such"},
+             broker=broker)
+        wait_until(lambda: len(outcomes) == 3, 20, what="the mislabelled message")
+    assert outcomes == ["accepted", "accepted", "dead-letter"]
+    [dead] = service.store.dead_letters()
+    assert dead["reason"].startswith("charset 'no-such' is not a character encoding")
+    assert dead["headers"]["gateway-message-id"] == "bad-1"
+
+
 def test_a_dead_letter_is_passed_on_as_it_came_nul_bytes_and_all(
         settings, codec, tmp_path, broker) -> None:
     """A BytesMessage (a content-length) may hold NUL bytes: passed on without its length,
