@@ -391,6 +391,10 @@ def load_settings(path: str | Path | None = None,
     if not url.startswith(("sqlite:///", *POSTGRES_SCHEMES)):
         raise ConfigError("store.url", f"unsupported store {redact_url(url)!r}",
                           ("sqlite:///PATH", "postgresql://USER@HOST:PORT/DATABASE"))
+    if url.startswith("sqlite:///") and url[len("sqlite:///"):].strip() in ("", ":memory:"):
+        raise ConfigError("store.url", f"{url!r} names no file: SQLite would keep the store in "
+                          "memory or a temporary file, and lose all of it when the gateway "
+                          "stops", ("sqlite:///PATH", "sqlite:////ABSOLUTE/PATH"))
     if url.startswith(POSTGRES_SCHEMES) and (problem := _url_problem(url)):
         raise ConfigError("store.url", f"{redact_url(url)!r} is not a URL: {problem}",
                           ("postgresql://USER@HOST:PORT/DATABASE",))
