@@ -217,11 +217,18 @@ class ForwardRelay:
             try:
                 self.forwarder.forward(item)
             except ForwardError as exc:
-                outcomes.append((item, exc))
-                if not self._final(item, exc):
-                    return
+                failure = exc
+            except Exception as exc:  # an answer the forwarder did not foresee, or its bug:
+                # retried, then a dead letter, like any failure; not the relay's end, which
+                # would stop the gateway, and the restarted one at the same row again
+                log.exception("forwarding outbox_id=%d failed unexpectedly", item.id)
+                failure = ForwardError(f"POST {self.settings.url} failed unexpectedly: {exc!r}")
+            else:
+                outcomes.append((item, None))
                 continue
-            outcomes.append((item, None))
+            outcomes.append((item, failure))
+            if not self._final(item, failure):
+                return
 
     def run_once(self, limit: int = 50, stop: threading.Event | None = None) -> int:
         """Deliver the claimed rows, each subscription's oldest first, and record the outcomes

@@ -85,6 +85,9 @@ def test_retryable_failures_are_retried_then_delivered(setup, failure) -> None:
     ("120", 120.0),
     ("99999999", 3600.0),  # honoured up to an hour: a wait stays bounded
     ("not a date", 0.0),  # unreadable: the relay's own backoff (0 s in this setup)
+    ("²", 0.0),  # a digit to str.isdigit, none to float
+    ("9" * 400, 3600.0),  # more seconds than a float holds
+    ("Mon, 01 Jan 10000 00:00:00 GMT", 0.0),  # past the year datetime can hold
 ])
 @responses.activate
 def test_a_retry_after_is_honoured_before_the_next_try(setup, retry_after, wait_s) -> None:
@@ -98,6 +101,23 @@ def test_a_retry_after_is_honoured_before_the_next_try(setup, retry_after, wait_
     if wait_s:
         assert store.claim(FORWARD, 10, now=before + wait_s - 5) == []
     assert [i.id for i in store.claim(FORWARD, 10, now=time.time() + wait_s + 5)] == [item.id]
+
+
+@responses.activate
+def test_an_unforeseen_failure_is_retried_then_a_dead_letter_not_the_relays_end(
+        setup, caplog: pytest.LogCaptureFixture) -> None:
+    # an exception no forwarder foresaw (here raised by the HTTP stack itself) must not end
+    # the relay: serve would stop, and the restarted gateway meet the same row again
+    service, relay, store = setup
+    responses.post(URL, body=RuntimeError("an answer nobody foresaw"))
+    accept(service)
+    for _ in range(3):  # forward.attempts
+        assert relay.run_once() == 0
+    [dead] = store.outbox(DEAD)
+    assert dead.attempts == 3
+    assert dead.last_error == (f"POST {URL} failed unexpectedly: "
+                               "RuntimeError('an answer nobody foresaw')")
+    assert "forwarding outbox_id=" in caplog.text and "Traceback" in caplog.text
 
 
 def test_a_retry_after_date_is_read_as_the_seconds_until_it() -> None:
