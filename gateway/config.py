@@ -306,6 +306,11 @@ _NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
           ("inbound", "subscription_name"))
 
 
+def _is_destination(name: str) -> bool:
+    """A STOMP destination as ActiveMQ and RabbitMQ take it: /queue/NAME or /topic/NAME."""
+    return name.startswith(("/queue/", "/topic/")) and bool(name.split("/", 2)[2].strip())
+
+
 def redact_url(url: str) -> str:
     """A store URL without its password, for logs and messages; also one that does not parse
     (an unclosed IPv6 bracket, a port that is no number): what it has after `user:` and
@@ -400,7 +405,7 @@ def load_settings(path: str | Path | None = None,
                           ("postgresql://USER@HOST:PORT/DATABASE",))
     for name in ("emission", "inbound"):
         dest = sections[name].destination
-        if not dest.startswith(("/queue/", "/topic/")):
+        if not _is_destination(dest):
             raise ConfigError(f"{name}.destination", f"{dest!r} is not a STOMP destination",
                               ("/queue/NAME", "/topic/NAME"))
     if sections["webhook"].secret:
@@ -418,7 +423,7 @@ def load_settings(path: str | Path | None = None,
         raise ConfigError("webhook.tmf622_usn_path", f"{usn_path!r} is not a dotted path of "
                           "JSON member names", ("event.productOrder.externalId",))
     dead = sections["inbound"].dead_letter_destination
-    if dead and not dead.startswith(("/queue/", "/topic/")):
+    if dead and not _is_destination(dead):
         raise ConfigError("inbound.dead_letter_destination",
                           f"{dead!r} is not a STOMP destination",
                           ("\"\" (store only)", "/queue/NAME", "/topic/NAME"))
