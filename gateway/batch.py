@@ -7,7 +7,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 from gateway.errors import Violation
@@ -143,10 +143,16 @@ def run(paths: Iterator[str], checker_factory: Callable[[], Checker],
         jobs: int = 1) -> Iterator[Checked]:
     """(paths, results) per chunk, in input order; a result is None for a valid file, so the
     caller pays nothing per valid file. With jobs > 1, at most 4 chunks per worker are in
-    flight, so memory stays flat however many files there are."""
+    flight, so memory stays flat however many files there are. No more workers start than
+    there are chunks (a pool forks all of its workers at once): one chunk is checked here."""
+    chunks = _chunks(paths, CHUNK)
+    if jobs > 1:
+        ahead = list(islice(chunks, jobs))
+        jobs = min(jobs, len(ahead))
+        chunks = chain(ahead, chunks)
     if jobs <= 1:
         checker = checker_factory()
-        for chunk in _chunks(paths, CHUNK):
+        for chunk in chunks:
             yield chunk, checker.check(chunk)
         return
     from concurrent.futures import ProcessPoolExecutor  # only a --jobs run pays for it
@@ -154,7 +160,7 @@ def run(paths: Iterator[str], checker_factory: Callable[[], Checker],
     with ProcessPoolExecutor(jobs, initializer=_init_worker,
                              initargs=(checker_factory,)) as pool:
         pending: deque[Pending] = deque()
-        for chunk in _chunks(paths, CHUNK):
+        for chunk in chunks:
             if STDIN in chunk:  # stdin belongs to this process: check it here
                 yield from _drain(pending)
                 yield chunk, checker_factory().check(chunk)

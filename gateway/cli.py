@@ -518,7 +518,8 @@ def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-_jobs = _whole_number(1)  # counts: --jobs, --limit
+_count = _whole_number(1)  # --limit
+_jobs = _whole_number(1, 1024)  # worker processes: more than any machine's cores
 _long = _whole_number(*LONG_RANGE)  # ids as the schema types them, and a store column holds
 
 
@@ -600,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     osub = ob.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = osub.add_parser("list", parents=[common], help="list outbox items")
     p.add_argument("--status", choices=OUTBOX_STATUSES)
-    p.add_argument("--limit", type=_jobs, default=1000)
+    p.add_argument("--limit", type=_count, default=1000)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_outbox_list)
     p = osub.add_parser("replay", parents=[common], help="re-queue items (dead letters)")
@@ -617,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inbound documents that could not be accepted")
     dsub = dl.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = dsub.add_parser("list", parents=[common], help="the newest dead letters, with reasons")
-    p.add_argument("--limit", type=_jobs, default=100)
+    p.add_argument("--limit", type=_count, default=100)
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_dead_letters_list)
     p = dsub.add_parser("show", parents=[common],

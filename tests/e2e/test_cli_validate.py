@@ -113,7 +113,8 @@ def test_a_folder_s_xml_entries_that_are_no_files_are_told_and_the_rest_checked(
 def test_usage_errors_exit_2() -> None:
     assert run_cli(["validate"]).returncode == 2
     bad_jobs = run_cli(["validate", "--jobs", "0", "samples"])
-    assert bad_jobs.returncode == 2 and "must be at least 1" in bad_jobs.stderr
+    assert bad_jobs.returncode == 2 and "from 1 to 1024, found 0" in bad_jobs.stderr
+    assert run_cli(["validate", "--jobs", "100000", "samples"]).returncode == 2
     assert run_cli(["validate", "--format", "yaml", "samples"]).returncode == 2
 
 
