@@ -1,6 +1,6 @@
 """Files/s of `smile-gateway validate` against xmllint and xmlschema, on the same files, one run.
 
-    python bench/validate.py [--count N] [--keep DIR]
+    python bench/validate.py [--count N] [--runs R] [--xmlschema-count M]
 
 Writes the figures and ratios to BENCHMARKS.md ("validate").
 """
