@@ -113,6 +113,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX dedupe_by_age ON dedupe (at);
     """,
+    # 3: what each dedupe key's request was, to refuse the key's reuse for another one
+    """
+    ALTER TABLE dedupe ADD COLUMN fingerprint TEXT;
+    """,
 )
 
 

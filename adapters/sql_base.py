@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from gateway.errors import clip
+from gateway.errors import KeyReusedError, clip
 from gateway.ports import (
     DEAD,
     PENDING,
@@ -120,14 +120,16 @@ class SqlStoreBase:
             usn, sid, bytes(snapshot), json.loads(states), request,
             None if feature_ids is None else frozenset(json.loads(feature_ids)))
 
-    def record(self, usn: str, dedupe_key: str | None,
-               decide: Decide) -> tuple[dict[str, Any], bool]:
+    def record(self, usn: str, dedupe_key: str | None, decide: Decide,
+               fingerprint: str | None = None) -> tuple[dict[str, Any], bool]:
         def work(conn: Connection) -> tuple[dict[str, Any], bool]:
             self._lock_usn(conn, usn)  # before the dedupe key: a twin waits, then sees it
             if dedupe_key is not None:
-                seen = conn.execute("SELECT response FROM dedupe WHERE key = ?",
+                seen = conn.execute("SELECT response, fingerprint FROM dedupe WHERE key = ?",
                                     (dedupe_key,)).fetchone()
                 if seen is not None:
+                    if None not in (fingerprint, seen[1]) and seen[1] != fingerprint:
+                        raise KeyReusedError(dedupe_key)
                     return json.loads(seen[0]), True
             current = self._current(conn, usn)
             decision = decide(current, _TransactionIds(conn))
@@ -157,8 +159,9 @@ class SqlStoreBase:
                 conn.executemany(_OUTBOX_INSERT,
                                  [self._outbox_row(item, now) for item in decision.outbox])
             if dedupe_key is not None:
-                _write_one(conn, "INSERT INTO dedupe (key, response, at) VALUES (?, ?, ?)",
-                           (dedupe_key, json.dumps(decision.response), now))
+                _write_one(conn, "INSERT INTO dedupe (key, response, at, fingerprint) "
+                           "VALUES (?, ?, ?, ?)",
+                           (dedupe_key, json.dumps(decision.response), now, fingerprint))
             return decision.response, False
 
         return self._transact(work)

@@ -117,6 +117,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX dedupe_by_age ON dedupe (at);
     """,
+    # 5: what each dedupe key's request was, to refuse the key's reuse for another one
+    """
+    ALTER TABLE dedupe ADD COLUMN fingerprint TEXT;
+    """,
 )
 
 def sqlite_path(url: str) -> str:

@@ -115,6 +115,22 @@ class UnknownSubscriptionError(GatewayError):
         super().__init__(f"unknown subscription usn={clip(usn)}")
 
 
+# What each kind of dedupe key is called where it came from.
+_KEY_NAMES = {"webhook": "webhook-id", "event": "eventId", "broker": "message id"}
+
+
+class KeyReusedError(GatewayError):
+    """A dedupe key seen before came with a different request: answering as the first did
+    would drop this one unrecorded, and its sender would count it delivered."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        kind, _, value = key.partition(":")
+        name = _KEY_NAMES.get(kind, "key")
+        super().__init__(f"{name} {clip(value)!r} was used before for a different request: "
+                         "this one is not recorded (give each request an id of its own)")
+
+
 class DeliveryError(GatewayError):
     """A send failed in a way that a later attempt may fix."""
 

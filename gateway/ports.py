@@ -142,14 +142,16 @@ class Store(Protocol):
     """Durable state: snapshots, history, outbox, dedupe keys, dead letters, sequences.
 
     `record` runs `decide` inside one write transaction: the stored record is read, the
-    decision written (record, outbox rows, history, the dedupe key with its response), and
-    committed before it returns. A dedupe key seen before returns the first response.
+    decision written (record, outbox rows, history, the dedupe key with its response and
+    the request's fingerprint), and committed before it returns. A dedupe key seen before
+    returns the first response; seen with another fingerprint, KeyReusedError (a key kept
+    without one, from before fingerprints, matches any).
     `decide` may be called more than once for one record (a store may retry its
     transaction), so it must not keep anything from an earlier call.
     """
 
-    def record(self, usn: str, dedupe_key: str | None,
-               decide: Decide) -> tuple[dict[str, Any], bool]:
+    def record(self, usn: str, dedupe_key: str | None, decide: Decide,
+               fingerprint: str | None = None) -> tuple[dict[str, Any], bool]:
         """(response, duplicate)."""
         ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -29,6 +30,7 @@ from gateway.errors import (
     DocumentError,
     DocumentInvalidError,
     GatewayError,
+    KeyReusedError,
     MappingError,
     UnknownSubscriptionError,
     Violation,
@@ -52,6 +54,16 @@ from gateway.translator import Translator, check_message, feature_diff, state_ke
 log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "gateway-origin"
+
+
+def _fingerprint(*parts: object) -> str:
+    """What a request asked, to tell its retry (the same) from another request that reuses
+    its dedupe key: bytes as they are, the rest by their repr (frozen dataclasses, text)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _charset(content_type: str) -> str | None:
@@ -174,7 +186,9 @@ class GatewayService:
                                    state, {"messages": messages})
             return Decision(new, tuple(written), (history,), response)
 
-        response, duplicate = self.store.record(change.usn, f"event:{change.event_id}", decide)
+        asked = _fingerprint(change.usn, change.vocabulary, change.state, change.subscription)
+        response, duplicate = self.store.record(change.usn, f"event:{change.event_id}", decide,
+                                                asked)
         if not duplicate:
             self._wake(written)
         return response
@@ -255,7 +269,9 @@ class GatewayService:
                     json.dumps(event).encode()))
             return Decision(new, tuple(written), tuple(history), response)
 
-        response, duplicate = self.store.record(usn, dedupe_key, decide)
+        asked = None if dedupe_key is None else _fingerprint(
+            data, translation.smile_message_type, given.get("provisionRequestId"))
+        response, duplicate = self.store.record(usn, dedupe_key, decide, asked)
         if not duplicate:
             self._wake(written)
         return response, duplicate
@@ -281,7 +297,7 @@ class GatewayService:
             charset = _charset(headers.get("content-type", ""))
             data = self.codec.labelled(body, charset) if charset else body
             _, duplicate = self._accept(data, message_type, headers, dedupe_key, "smile")
-        except (DocumentError, MappingError) as exc:
+        except (DocumentError, MappingError, KeyReusedError) as exc:
             self.dead_letter("broker", exc, headers, body)
             return "dead-letter"
         return "duplicate" if duplicate else "accepted"

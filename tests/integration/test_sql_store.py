@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.sql_store import MIGRATIONS, SqlStore
-from gateway.errors import StoreError, TransitionError
+from gateway.errors import KeyReusedError, StoreError, TransitionError
 from gateway.ports import (
     BROKER,
     FORWARD,
@@ -72,6 +72,25 @@ def test_a_version_one_store_is_migrated_and_its_snapshots_still_diff(tmp_path, 
     assert history[-1]["detail"]["features_added"] == [5004]
     ids = [row[0] for row in sqlite3.connect(path).execute("SELECT id FROM history ORDER BY id")]
     assert ids == list(range(1, len(history) + 1))
+
+
+def test_a_version_four_stores_dedupe_keys_still_answer_their_retries(tmp_path, settings,
+                                                                        codec) -> None:
+    # kept before fingerprints, a key answers any request under it, as it did then
+    path = tmp_path / "v4.db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        conn.executescript(script)
+    conn.execute("CREATE TABLE schema_version (version INTEGER)")
+    conn.execute("INSERT INTO schema_version VALUES (4)")
+    conn.execute("INSERT INTO dedupe (key, response, at) VALUES ('webhook:old', '{\"n\": 1}', 0)")
+    conn.commit()
+    conn.close()
+    service = service_on(SqlStore(f"sqlite:///{path}"), settings, codec)
+    assert service.accept_smile_document(CHANGED, dedupe_key="webhook:old") == {"n": 1}
+    service.accept_smile_document(CHANGED, dedupe_key="webhook:new")
+    with pytest.raises(KeyReusedError):
+        service.accept_smile_document(CHANGED + b" ", dedupe_key="webhook:new")
 
 
 def test_feature_ids_are_kept_beside_each_snapshot(tmp_path, settings, codec) -> None:

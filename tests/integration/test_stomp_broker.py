@@ -271,6 +271,28 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     assert receive(queue, 1, timeout=2, broker=broker) == []
 
 
+def test_a_message_id_reused_for_another_document_is_a_dead_letter(
+        settings, codec, tmp_path, broker) -> None:
+    queue = unique_queue("reused")
+    s = make_settings(settings, queue, broker)
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+    rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    other = rtp.replace(b"<SID>170</SID>", b"<SID>171</SID>")
+    headers = {"smileMessageType": "SubscriptionReadyToProvision", "provisionRequestId": "77",
+               "gateway-message-id": "smile-9"}
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        for body in (rtp, rtp, other):  # the first, its redelivery, another under its id
+            send(queue, body, headers, broker=broker)
+        wait_until(lambda: len(outcomes) == 3, 20, what="three deliveries")
+    assert outcomes == ["accepted", "duplicate", "dead-letter"]
+    assert service.store.subscription("2142426762").sid == 170
+    [dead] = service.store.dead_letters()
+    assert dead["reason"].startswith("message id 'smile-9' was used before for a different "
+                                     "request")
+    assert bytes(dead["body"]) == other
+
+
 def test_a_content_type_charset_on_a_message_decides_over_the_declaration(
         settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("charset")

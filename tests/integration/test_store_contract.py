@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from adapters.sql_base import SqlStoreBase
-from gateway.errors import StoreError, TransitionError
+from gateway.errors import KeyReusedError, StoreError, TransitionError
 from gateway.ports import (
     BROKER,
     DEAD,
@@ -62,6 +62,27 @@ def test_a_decision_is_recorded_whole_and_a_repeated_key_answers_as_the_first(st
     assert [(h["vocabulary"], h["from"], h["to"], h["detail"]) for h in store.history("u1")] \
         == [("order", None, "Pending", {"why": "first"})]
     assert store.counts() == {(BROKER, PENDING): 1}
+
+
+def test_a_key_reused_for_another_request_is_refused_and_changes_nothing(store) -> None:
+    calls: list[int] = []
+
+    def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
+        calls.append(1)
+        return Decision(subscription("u1"), (item(f"m{len(calls)}"),), (), {"answer": 1})
+
+    assert store.record("u1", "webhook:k1", decide, "aaa") == ({"answer": 1}, False)
+    assert store.record("u1", "webhook:k1", decide, "aaa") == ({"answer": 1}, True)  # a retry
+    with pytest.raises(KeyReusedError, match="webhook-id 'k1' was used before for a "
+                                             "different request: this one is not recorded"):
+        store.record("u1", "webhook:k1", decide, "bbb")
+    store.record("u1", "event:e1", decide, "aaa")
+    with pytest.raises(KeyReusedError, match="eventId 'e1' was used before"):
+        store.record("u2", "event:e1", decide, "ccc")  # another subscription, the same key
+    # a key kept without a fingerprint (a store from before them) answers any request
+    assert store.record("u1", "event:e2", decide) == ({"answer": 1}, False)
+    assert store.record("u1", "event:e2", decide, "ddd") == ({"answer": 1}, True)
+    assert len(calls) == 3 and store.counts() == {(BROKER, PENDING): 3}
 
 
 def test_a_refused_decision_leaves_nothing(store) -> None:

@@ -231,6 +231,31 @@ def test_a_repeated_webhook_id_answers_as_the_first_time(client) -> None:
     assert len(client.get("/subscriptions/2142426762").json["history"]) == 2  # states + once
 
 
+def test_a_webhook_id_or_event_id_reused_for_another_request_is_422(client) -> None:
+    # answered as the first, the second document or change would be dropped unrecorded while
+    # its sender counted it delivered (the Idempotency-Key draft's 422 for a reused key)
+    assert post_xml(client, RTP, **{"webhook-id": "msg_1"}).status_code == 202
+    other = RTP.replace(b"<SID>170</SID>", b"<SID>171</SID>")
+    r = post_xml(client, other, **{"webhook-id": "msg_1"})
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    assert r.json["detail"] == ("webhook-id 'msg_1' was used before for a different request: "
+                                "this one is not recorded (give each request an id of its own)")
+    assert client.get("/subscriptions/2142426762").json["sid"] == 170  # nothing recorded
+    # the same document under another message type is another request too
+    typed = {"X-Smile-Message-Type": "SubscriptionReadyToProvision",
+             "X-Smile-Provision-Request-Id": "12"}
+    reused = post_xml(client, RTP, **{"webhook-id": "msg_1", **typed})
+    assert reused.status_code == 422 and "'msg_1' was used before" in reused.json["detail"]
+    assert post_xml(client, RTP, **{"webhook-id": "msg_2", **typed}).status_code == 202
+    event = {"eventId": "ev-9", "usn": "2142426762", "vocabulary": "order", "state": "accepted"}
+    first = client.post("/orders/events", json=event)
+    assert first.status_code == 202, first.json
+    assert client.post("/orders/events", json=event).json == first.json  # a retry
+    r = client.post("/orders/events", json={**event, "state": "rejected"})
+    assert r.status_code == 422 and r.json["detail"].startswith("eventId 'ev-9' was used before")
+    assert client.get("/subscriptions/2142426762").json["states"]["order_state"] == "accepted"
+
+
 def signed_headers(body: bytes, msg_id: str = "msg_abc", when: int | None = None,
                    key: bytes = SECRET_KEY) -> dict[str, str]:
     ts = int(time.time()) if when is None else when
