@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 from gateway.config import LoggingSettings
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: `ts` in UTC to the millisecond (RFC 3339), level, logger,
+    message, and the traceback as `exception` when there is one."""
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+        ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        entry = {"ts": ts.replace("+00:00", "Z"), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
