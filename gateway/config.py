@@ -150,6 +150,7 @@ T = TypeVar("T")
 
 
 _CONFIG_MAX_BYTES = 4 << 20  # far above any configuration; /dev/zero given by mistake ends
+_CONFIG_MAX_VALUES = 100_000  # values in a configuration, each use of an alias counted
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -178,7 +179,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(str(path), "expected a mapping of sections at the top level")
+    if _values_beyond(data, _CONFIG_MAX_VALUES):
+        raise ConfigError(str(path), f"expands to more than {_CONFIG_MAX_VALUES} values (YAML "
+                          "aliases used over and over?): not a configuration file")
     return data
+
+
+def _values_beyond(data: Any, limit: int) -> bool:
+    """Whether `data` holds more than `limit` values, counting each use of a YAML alias:
+    a few lines of aliases to aliases expand a billion-fold, and every later step walks them
+    all. Stops counting at the limit."""
+    left = limit
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        left -= 1
+        if left < 0:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

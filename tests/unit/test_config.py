@@ -129,6 +129,20 @@ def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, wo
     assert words in str(caught.value)
 
 
+def test_aliases_that_expand_a_billion_fold_are_refused_at_once(tmp_path: Path) -> None:
+    # nine lines of aliases to aliases: 10 ** 9 strings, which took minutes and gigabytes
+    lines = ["mapping:", "  response_statuses:", "    - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    - &a{n} [{', '.join([f'*a{n - 1}'] * 10)}]" for n in range(1, 9)]
+    cfg = tmp_path / "laughs.yaml"
+    cfg.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="expands to more than 100000 values"):
+        load_settings(cfg, {})
+    few = tmp_path / "few.yaml"  # an alias or two is YAML as usual
+    few.write_text("emission:\n  message_types: &off {SubscriptionClosed: false}\n"
+                   "broker:\n  host: &h 127.0.0.1\nwebhook:\n  host: *h\n")
+    assert load_settings(few, {}).webhook.host == "127.0.0.1"
+
+
 def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
     cfg = tmp_path / "edge.yaml"
     cfg.write_text("webhook:\n  port: 0\nbroker:\n  port: 65535\n  heartbeat_ms: 0\n"
