@@ -461,10 +461,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SystemExit:
         pass
     finally:
+        stop.set()  # first: a worker failing from here on only logs, it sends no SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         server.close()
-        stop.set()
         # each thread ends within its longest wait: a broker's receipt, or a POST in progress
         bound = max(settings.broker.receipt_timeout_s, settings.forward.timeout_s) + 5
         for thread in threads:
