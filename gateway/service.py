@@ -75,6 +75,8 @@ def _charset(content_type: str) -> str | None:
         if name.strip().lower() == "charset":
             return value.strip().strip('"') or None
     return None
+
+
 # The flags of a subscription the gateway creates from an order event, before any change.
 NEW_SUBSCRIPTION_FLAGS = Statuses(ProvisionStatus.READY_TO_PROVISION, SuspendStatus.ACTIVE,
                                   ActivateStatus.NOT_ACTIVATED, EnableStatus.NOT_ENABLED)
