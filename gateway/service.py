@@ -54,6 +54,9 @@ from gateway.translator import Translator, check_message, feature_diff, state_ke
 log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "gateway-origin"
+# The flags of a subscription the gateway creates from an order event, before any change.
+NEW_SUBSCRIPTION_FLAGS = Statuses(ProvisionStatus.READY_TO_PROVISION, SuspendStatus.ACTIVE,
+                                  ActivateStatus.NOT_ACTIVATED, EnableStatus.NOT_ENABLED)
 
 
 def _fingerprint(*parts: object) -> str:
@@ -75,11 +78,6 @@ def _charset(content_type: str) -> str | None:
         if name.strip().lower() == "charset":
             return value.strip().strip('"') or None
     return None
-
-
-# The flags of a subscription the gateway creates from an order event, before any change.
-NEW_SUBSCRIPTION_FLAGS = Statuses(ProvisionStatus.READY_TO_PROVISION, SuspendStatus.ACTIVE,
-                                  ActivateStatus.NOT_ACTIVATED, EnableStatus.NOT_ENABLED)
 
 
 @dataclass(frozen=True, slots=True)
