@@ -31,6 +31,17 @@ from gateway.relay import Backoff
 
 log = logging.getLogger(__name__)
 
+
+class _NoConnectWarnings(logging.Filter):
+    """stomp.py warns of each connect that fails; the publisher and the consumer say so
+    themselves, with what they do next (their backoff), so its line would say it twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("could not connect to host")
+
+
+logging.getLogger("stomp.py").addFilter(_NoConnectWarnings())  # stomp.py's one logger
+
 STOMP_ERRORS = (stomp.exception.StompException, OSError)
 
 

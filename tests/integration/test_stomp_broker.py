@@ -487,6 +487,20 @@ def test_a_consumer_says_why_it_cannot_connect_and_stops_when_asked(settings, ca
             "within 1s (is it a STOMP port?); retrying in") in caplog.text
 
 
+def test_a_refused_connect_is_said_once_by_the_gateway_not_again_by_stomp_py(settings,
+                                                                             caplog) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: the connect is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = replace(settings.broker, port=port, reconnect_initial_s=0.1, reconnect_max_s=0.2)
+    caplog.set_level("WARNING")
+    with ConsumerThread(idle_consumer(settings, broker)):
+        wait_until(lambda: "Connection refused" in caplog.text, 30, what="the consumer to log")
+    ours = [r for r in caplog.records if r.name == "adapters.stomp_broker"]
+    assert ours and f"cannot connect to 127.0.0.1:{port}" in ours[0].getMessage()
+    assert not [r for r in caplog.records if r.name.startswith("stomp")]
+
+
 def test_a_consumer_stops_when_asked_even_if_the_broker_no_longer_answers(settings,
                                                                           caplog) -> None:
     """Its DISCONNECT asks for a receipt; a frozen broker (heart-beats off) never sends it."""
