@@ -408,7 +408,8 @@ def cmd_dead_letters_show(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Webhook + outbox relays + broker consumer in one process, until SIGTERM or SIGINT."""
+    """Webhook + outbox relays + broker consumer in one process, until SIGTERM, SIGINT or
+    SIGHUP (each a graceful stop)."""
     import signal  # here, not for every command: `validate` starts faster without it
 
     from gateway.bootstrap import bootstrap, build_http_server, ready_checks
@@ -448,8 +449,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("signal %d: stopping (no new requests; finishing those in progress)", signum)
         raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopping_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # HUP: a closed terminal
+    for signum in stopping_signals:
+        signal.signal(signum, on_signal)
     for thread in threads:
         thread.start()
     log.info("serving store=%s emission=%s inbound=%s forward=%s", redact_url(settings.store.url),
@@ -462,8 +464,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         stop.set()  # first: a worker failing from here on only logs, it sends no SIGTERM
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for signum in stopping_signals:
+            signal.signal(signum, signal.SIG_DFL)
         server.close()
         # each thread ends within its longest wait: a broker's receipt, or a POST in progress
         bound = max(settings.broker.receipt_timeout_s, settings.forward.timeout_s) + 5

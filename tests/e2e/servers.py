@@ -53,9 +53,9 @@ class GatewayProcess:
         wait_until(up, 30, what="the gateway to answer /healthz")
         return self
 
-    def stop(self) -> int:
+    def stop(self, signum: int = signal.SIGTERM) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         try:
             return self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

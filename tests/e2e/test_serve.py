@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -211,6 +212,16 @@ def test_a_worker_that_fails_unexpectedly_stops_the_gateway_with_exit_1(tmp_path
     assert "RuntimeError: a bug" in done.stderr
     assert "signal 15: stopping" in done.stderr
     assert "stopped because pruner failed" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_and_sighup_stop_it_as_sigterm_does(tmp_path: Path, signum: int) -> None:
+    gw = GatewayProcess(tmp_path, {}).start()
+    r = requests.post(f"{gw.url}/smile/messages", data=RTP, headers=XML, timeout=10)
+    assert r.status_code == 202
+    assert gw.stop(signum) == 0
+    log = gw.log.read_text()
+    assert f"signal {int(signum)}: stopping" in log and log.rstrip().endswith("stopped")
 
 
 def test_serve_runs_the_pruner_unless_retention_is_off(tmp_path: Path) -> None:
