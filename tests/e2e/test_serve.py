@@ -93,6 +93,13 @@ def test_a_message_from_smile_on_the_broker_is_recorded(gateway) -> None:
         return r.status_code == 200
 
     wait_until(recorded, 30, what="the consumed document")
+    view = requests.get(f"{gateway.url}/subscriptions/2142426766", timeout=10).json()
+    assert view["statuses"] == {"provision": "Provisioned", "suspend": "Suspended",
+                                "activate": "NotActivated", "enable": "Enabled"}
+    assert [h["source"] for h in view["history"]] == ["smile"]
+    # acknowledged once committed: with the gateway gone, the broker has nothing to redeliver
+    assert gateway.stop() == 0, gateway.log.read_text()
+    assert receive(gateway.queue + ".in", 1, timeout=3) == []
 
 
 def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes | Iterator[bytes]]]:

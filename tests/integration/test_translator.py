@@ -141,8 +141,11 @@ def test_headers_must_be_complete_and_agree_with_the_body(translator: Translator
 @pytest.mark.parametrize("request_id", ["12", "+12", "0012", str(2**63 - 1)])
 def test_an_integer_header_may_be_any_xs_long(translator: Translator, request_id) -> None:
     data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
-    translator.from_smile(data, "SubscriptionReadyToProvision",
-                          {"usn": "2142426762", "sid": "170", "provisionRequestId": request_id})
+    translation = translator.from_smile(data, "SubscriptionReadyToProvision", {
+        "usn": "2142426762", "sid": "170", "provisionRequestId": request_id})
+    assert translation.smile_message_type == "SubscriptionReadyToProvision"
+    assert translation.states == {"order": "acknowledged",
+                                  "subscription": "provisioning_in_progress"}
 
 
 def test_a_body_that_is_not_the_types_body_is_refused(translator: Translator) -> None:
