@@ -44,8 +44,10 @@ PROBLEM = "application/problem+json"
 
 class _Problem(Exception):
     def __init__(self, status: int, title: str, detail: str,
-                 errors: list[dict[str, Any]] | None = None) -> None:
+                 errors: list[dict[str, Any]] | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         self.status, self.title, self.detail, self.errors = status, title, detail, errors
+        self.headers = dict(headers or {})
         super().__init__(detail)
 
 
@@ -96,7 +98,9 @@ def _no_constant(name: str) -> Any:
 def _translate(exc: Exception) -> Response:
     """The one map from exceptions to HTTP responses."""
     if isinstance(exc, _Problem):
-        return problem(exc.status, exc.title, exc.detail, exc.errors)
+        response = problem(exc.status, exc.title, exc.detail, exc.errors)
+        response.headers.update(exc.headers)
+        return response
     if isinstance(exc, SignatureError):
         return problem(401, "Unauthorized", str(exc))
     if isinstance(exc, UnsupportedCharsetError):
@@ -204,6 +208,13 @@ def create_app(service: GatewayService, settings: Settings,
     app.register_error_handler(Exception, _translate)
 
     def body_bytes(req: Request) -> bytes:
+        coding = req.environ.get("HTTP_CONTENT_ENCODING")
+        if coding and any(c.strip().lower() not in ("", "identity") for c in coding.split(",")):
+            # RFC 9110, 15.5.16: a coding the gateway does not take is refused, not read as
+            # if the body were plain (a gzipped document or event is no XML or JSON)
+            raise _Problem(415, "Unsupported Media Type",
+                           f"Content-Encoding {clip(coding, 60)!r} is not taken: send the body "
+                           "as it is (identity)", headers={"Accept-Encoding": "identity"})
         length = req.content_length
         if length is not None and length > settings.webhook.max_body_bytes:
             raise _Problem(413, "Content Too Large",

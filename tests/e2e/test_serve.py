@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -115,6 +116,10 @@ def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes | I
                                      "X-Smile-Message-Type": "SubscriptionReadyToProvision"},
          RTP),
         ("POST", "/smile/messages", {**XML, "X-Huge": "x" * 200_000}, RTP),
+        ("POST", "/smile/messages", {**XML, "Content-Encoding": "gzip"}, gzip.compress(RTP)),
+        ("POST", "/orders/events", {"Content-Type": "application/json", "Content-Encoding": "br"},
+         json.dumps({"eventId": "x", "usn": "u", "vocabulary": "order",
+                     "state": "accepted"}).encode()),
         ("POST", "/orders/events", {"Content-Type": "application/json"}, b"{"),
         ("POST", "/orders/events", {"Content-Type": "application/json"}, b"null"),
         ("POST", "/orders/events", {"Content-Type": "application/json"}, b'"text"'),

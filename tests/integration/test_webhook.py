@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import time
 from dataclasses import replace
@@ -431,3 +432,31 @@ def test_the_feature_diff_is_taken_against_the_stored_snapshot(client) -> None:
     assert (second["features_added"], second["features_removed"]) == ([5004], [5003])
     again = post_xml(client, fewer).json
     assert (again["features_added"], again["features_removed"]) == ([], [])
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "identity, gzip", "x-unknown"])
+def test_a_body_in_a_content_coding_is_415_and_nothing_is_recorded(settings, codec, tmp_path,
+                                                                   coding: str) -> None:
+    # RFC 9110, 15.5.16: content in a coding the server does not take is refused with 415,
+    # and Accept-Encoding says what it takes (RFC 7694), rather than read as if plain
+    client, service = build(settings, codec, tmp_path)
+    body = gzip.compress(RTP) if coding == "gzip" else RTP
+    r = post_xml(client, body, **{"Content-Encoding": coding,
+                                  "X-Smile-Message-Type": "SubscriptionReadyToProvision"})
+    assert r.status_code == 415 and r.mimetype == "application/problem+json"
+    assert r.headers["Accept-Encoding"] == "identity"
+    assert r.json["detail"] == (f"Content-Encoding {coding!r} is not taken: send the body "
+                                "as it is (identity)")
+    assert service.store.subscription("2142426762") is None
+    event = {"eventId": "e-9", "usn": "2142426762", "vocabulary": "order", "state": "accepted"}
+    for path in ("/orders/events", "/listener/productOrderStateChangeEvent"):
+        r = client.post(path, json=event, headers={"Content-Encoding": coding})
+        assert r.status_code == 415 and r.headers["Accept-Encoding"] == "identity"
+
+
+@pytest.mark.parametrize("coding", ["identity", "Identity", " identity "])
+def test_the_identity_coding_is_the_body_as_it_is(client, coding: str) -> None:
+    r = post_xml(client, RTP, **{"Content-Encoding": coding,
+                                 "X-Smile-Message-Type": "SubscriptionReadyToProvision",
+                                 "X-Smile-Provision-Request-Id": "12"})
+    assert r.status_code == 202, r.json
