@@ -158,6 +158,13 @@ class GatewayService:
                 request = None
             else:
                 snapshot = self._snapshot(record)
+                given = change.subscription
+                if given is not None and given.subscription.sid != record.sid:
+                    # the order side and the gateway disagree on which subscription it is
+                    problem = (f"subscription.sid {given.subscription.sid} differs from sid "
+                               f"{record.sid}, stored for usn {change.usn!r}")
+                    raise DocumentInvalidError(
+                        problem, [Violation(0, 0, "/subscription/sid", problem)])
                 request = record.provision_request_id
             states = self._states(record)
             current = states.get(vocabulary.name)

@@ -93,6 +93,28 @@ def test_an_order_event_can_create_the_subscription(client) -> None:
     assert client.get("/subscriptions/N1").json["states"]["subscription_status"] == "draft"
 
 
+def test_a_subscription_given_for_a_known_usn_must_be_the_same_sid(client) -> None:
+    # the stored snapshot is used for a known usn; one of another sid means the two sides
+    # disagree on which subscription the usn is: refused, nothing applied or rendered
+    def event(event_id: str, sid: int, state: str) -> dict[str, object]:
+        return {"eventId": event_id, "usn": "N1", "vocabulary": "order", "state": state,
+                "subscription": {"sid": sid, "serviceName": "Fibre", "parent": "P1",
+                                 "plans": [{"planCode": "f100"}]}}
+
+    assert client.post("/orders/events", json=event("e-1", 9, "accepted")).status_code == 202
+    r = client.post("/orders/events", json=event("e-2", 10, "inProgress"))
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    problem = "subscription.sid 10 differs from sid 9, stored for usn 'N1'"
+    assert r.json["errors"] == [{"line": 0, "column": 0, "path": "/subscription/sid",
+                                 "message": problem}]
+    view = client.get("/subscriptions/N1").json
+    assert (view["sid"], view["states"]["order_state"]) == (9, "accepted")
+    # the same sid again (a creation event resent under a new id) is the stored one
+    r = client.post("/orders/events", json=event("e-3", 9, "inProgress"))
+    assert r.status_code == 202, r.json
+    assert client.get("/subscriptions/N1").json["states"]["order_state"] == "inProgress"
+
+
 def test_a_refused_transition_is_409_naming_both_states(client) -> None:
     seed(client)
     r = client.post("/orders/events", json={"eventId": "e-2", "usn": "2142426762",
