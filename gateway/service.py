@@ -157,7 +157,6 @@ class GatewayService:
                 snapshot = change.subscription
                 request = None
             else:
-                snapshot = self._snapshot(record)
                 given = change.subscription
                 if given is not None and given.subscription.sid != record.sid:
                     # the order side and the gateway disagree on which subscription it is
@@ -165,6 +164,7 @@ class GatewayService:
                                f"{record.sid}, stored for usn {change.usn!r}")
                     raise DocumentInvalidError(
                         problem, [Violation(0, 0, "/subscription/sid", problem)])
+                snapshot = self._snapshot(record)
                 request = record.provision_request_id
             states = self._states(record)
             current = states.get(vocabulary.name)
