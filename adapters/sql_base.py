@@ -21,6 +21,7 @@ from gateway.ports import (
     Decide,
     NewOutboxItem,
     OutboxItem,
+    Replayed,
     SubscriptionRecord,
 )
 
@@ -246,22 +247,27 @@ class SqlStoreBase:
             out += [self._item(r) for r in self._read(fetch)]
         return out
 
-    def replay(self, ids: Sequence[int] | None = None) -> int:
-        def work(conn: Connection) -> int:
+    def replay(self, ids: Sequence[int] | None = None) -> Replayed:
+        def work(conn: Connection) -> Replayed:
             now = self.clock()
             if ids is None:
                 cur = conn.execute(
                     "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
                     "updated_at = ? WHERE status = ?", (PENDING, now, DEAD))
-                return cur.rowcount
-            count = 0
-            for item_id in ids:
+                return Replayed(cur.rowcount)
+            count, pending, unknown = 0, [], []
+            for item_id in dict.fromkeys(ids):  # each once, in the order given
                 cur = conn.execute(
                     "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
                     "updated_at = ? WHERE id = ? AND status != ?",
                     (PENDING, now, item_id, PENDING))
-                count += cur.rowcount
-            return count
+                if cur.rowcount:
+                    count += 1
+                elif conn.execute("SELECT 1 FROM outbox WHERE id = ?", (item_id,)).fetchone():
+                    pending.append(item_id)
+                else:
+                    unknown.append(item_id)
+            return Replayed(count, tuple(pending), tuple(unknown))
 
         return self._transact(work)
 

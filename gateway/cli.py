@@ -340,13 +340,21 @@ def cmd_outbox_replay(args: argparse.Namespace) -> int:
         print("smile-gateway: outbox replay: give outbox ids or --dead"
               + (", not both" if args.dead else ""), file=sys.stderr)
         return EXIT_USAGE
-    count = _from_store(args, lambda store: store.replay(None if args.dead else args.ids))
-    print(f"{count} item(s) re-queued")
-    if args.ids and count < len(set(args.ids)):
-        print(f"note: {len(set(args.ids)) - count} of the ids given were not re-queued: they "
-              f"are pending already or not in the outbox (`outbox list` shows them)",
-              file=sys.stderr)
+    done = _from_store(args, lambda store: store.replay(None if args.dead else args.ids))
+    print(f"{done.requeued} item(s) re-queued")
+    if done.pending:
+        print(f"note: outbox id {_ids(done.pending)} {'is' if len(done.pending) == 1 else 'are'}"
+              f" pending already: the relay sends {'it' if len(done.pending) == 1 else 'them'}"
+              f" as it is", file=sys.stderr)
+    if done.unknown:
+        print(f"smile-gateway: outbox replay: no outbox item with id {_ids(done.unknown)} "
+              f"(`outbox list` shows the ids)", file=sys.stderr)
+        return EXIT_INVALID
     return EXIT_OK
+
+
+def _ids(ids: tuple[int, ...]) -> str:
+    return ", ".join(map(str, ids))
 
 
 def cmd_outbox_prune(args: argparse.Namespace) -> int:

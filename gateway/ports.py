@@ -116,6 +116,15 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replay did: how many items it re-queued, and the ids given that it did not."""
+
+    requeued: int
+    pending: tuple[int, ...] = ()  # pending already: the relay sends them anyway
+    unknown: tuple[int, ...] = ()  # no such item (never was, or pruned)
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     source: str  # smile, order-system, tmf622, operator
     event_id: str | None
@@ -180,8 +189,8 @@ class Store(Protocol):
 
     def outbox_by_message_ids(self, message_ids: Sequence[str]) -> list[OutboxItem]: ...
 
-    def replay(self, ids: Sequence[int] | None = None) -> int:
-        """Re-queue these items (None: every dead one); returns how many."""
+    def replay(self, ids: Sequence[int] | None = None) -> Replayed:
+        """Re-queue these items (None: every dead one) in one transaction."""
         ...
 
     def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],

@@ -118,9 +118,13 @@ def test_replay_requeues_dead_items(tmp_path: Path) -> None:
     done = run_cli(["outbox", "replay", "--dead"], env=env)
     assert done.returncode == 0 and "1 item(s) re-queued" in done.stdout
     assert f"{item_id:>6}  broker   pending" in run_cli(["outbox", "list"], env=env).stdout
-    again = run_cli(["outbox", "replay", str(item_id), "99999"], env=env)
+    again = run_cli(["outbox", "replay", str(item_id)], env=env)
     assert again.returncode == 0 and "0 item(s) re-queued" in again.stdout
-    assert "2 of the ids given were not re-queued" in again.stderr
+    assert f"note: outbox id {item_id} is pending already" in again.stderr
+    typo = run_cli(["outbox", "replay", str(item_id), "99999", "99998"], env=env)
+    assert typo.returncode == 1 and "0 item(s) re-queued" in typo.stdout
+    assert ("smile-gateway: outbox replay: no outbox item with id 99999, 99998 (`outbox list` "
+            "shows the ids)") in typo.stderr
 
 
 def test_replay_refuses_an_id_no_store_can_hold_as_a_usage_error(tmp_path: Path) -> None:

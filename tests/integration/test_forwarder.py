@@ -139,7 +139,7 @@ def test_a_final_4xx_is_a_dead_letter_that_can_be_replayed(setup) -> None:
     relay.run_once()
     [dead] = store.outbox(DEAD)
     assert "answered 400" in (dead.last_error or "")
-    assert store.replay([dead.id]) == 1
+    assert store.replay([dead.id]).requeued == 1
     assert relay.run_once() == 1
 
 

@@ -204,7 +204,7 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     relay.run_once()
     relay.publisher.close()
     assert service.store.outbox_by_message_ids(["later-1"])[0].status == SENT
-    assert service.store.replay(None) == 1
+    assert service.store.replay(None).requeued == 1
     assert service.store.outbox(PENDING)[0].message_id == "poison-1"
     frames = receive(queue, 2, timeout=10)  # the good one and the later one; no poison
     assert sorted(f.headers["usn"] for f in frames) == ["u1", "u2"]

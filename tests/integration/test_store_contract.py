@@ -18,6 +18,7 @@ from gateway.ports import (
     Decision,
     HistoryEntry,
     NewOutboxItem,
+    Replayed,
     RequestIds,
     SubscriptionRecord,
 )
@@ -149,9 +150,10 @@ def test_dead_rows_are_replayed_by_id_or_all(store) -> None:
         store.mark_failed(row.id, "refused", retry_at=0.0, dead=True)
     dead = store.outbox(DEAD)
     assert [i.message_id for i in dead] == ["a", "b"]
-    assert store.replay([dead[0].id]) == 1
-    assert store.replay([dead[0].id]) == 0  # pending already
-    assert store.replay() == 1
+    assert store.replay([dead[0].id]) == Replayed(1)
+    missing = dead[1].id + 1000
+    assert store.replay([dead[0].id, missing, missing]) == Replayed(0, (dead[0].id,), (missing,))
+    assert store.replay() == Replayed(1)
     replayed = store.claim(BROKER, 10, now=1.0)
     assert [(i.message_id, i.attempts) for i in replayed] == [("a", 0), ("b", 0)]  # afresh
     assert [i.message_id for i in store.outbox_by_message_ids(["b", "nope"])] == ["b"]
