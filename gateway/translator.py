@@ -192,6 +192,8 @@ class Translator:
         message_type = message_type or given.get("smileMessageType") or None
         if message_type is not None:
             check_message(message_type, outline, headers)
+        elif headers:
+            check_headers(None, outline, given)
         if outline.statuses is None:
             states: dict[str, str | None] = dict.fromkeys(self.mapping.vocabularies)
             return InboundTranslation(message_type, outline, states, headers=given)
@@ -220,19 +222,37 @@ def check_message(message_type: str, outline: DocumentOutline,
         problem = (f"{message_type} carries {mtype.body.__name__}, "
                    f"found {outline.body.__name__}")
         raise DocumentInvalidError(problem, [Violation(1, 1, "/", problem)])
-    if headers is None:
-        return
+    if headers is not None:
+        check_headers(mtype, outline, headers)
+
+
+def check_headers(mtype: MessageType | None, outline: DocumentOutline,
+                  headers: Mapping[str, str]) -> None:
+    """Given headers must be well-typed and agree with the body; with a message type, its
+    headers must all be there. Without one, a provisionRequestId the body does not carry is
+    refused: the gateway records one only for the types that open or close a request, and
+    would otherwise drop it unseen."""
     problems = []
     usn, sid = outline.usn, outline.sid
-    for name in mtype.headers:
+    given = sorted(INTEGER_HEADERS & headers.keys())  # typed, so checked when given at all
+    for name in dict.fromkeys((*(mtype.headers if mtype is not None else ()), *given)):
         value = headers.get(name)
-        if value in (None, "") and usn is not None and name in ("usn", "sid"):
-            continue  # the body carries them; when both are given they must agree (below)
         if value in (None, ""):
-            problems.append(f"header {name} is required for {message_type}")
+            # usn and sid may come in the body alone; when both are given they must agree
+            if mtype is not None and not (usn is not None and name in ("usn", "sid")):
+                problems.append(f"header {name} is required for {mtype.name}")
         elif name in INTEGER_HEADERS and not _is_integer(value):
             problems.append(f"header {name} must be an integer from {LONG_RANGE[0]} to "
                             f"{LONG_RANGE[1]} (xs:long), found {value!r}")
+    if (mtype is None and headers.get("provisionRequestId") not in (None, "")
+            and outline.body is not SubscriptionProvisionResponse):
+        opening = " or ".join(t.name for t in MESSAGE_TYPES.values()
+                              if "provisionRequestId" in t.headers and t.body is outline.body)
+        problems.append(
+            f"header provisionRequestId needs the smileMessageType ({opening}): without it "
+            f"the request id would be dropped" if opening else
+            f"header provisionRequestId: no message with a {outline.body.__name__} body "
+            f"carries one")
     if usn is not None:
         if headers.get("usn") not in (None, "") and headers["usn"] != usn:
             problems.append(f"header usn={headers['usn']!r} but the body has USN {usn!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -146,6 +147,43 @@ def test_an_integer_header_may_be_any_xs_long(translator: Translator, request_id
     assert translation.smile_message_type == "SubscriptionReadyToProvision"
     assert translation.states == {"order": "acknowledged",
                                   "subscription": "provisioning_in_progress"}
+
+
+@pytest.mark.parametrize(("sample", "headers", "words"), [
+    ("SubscriptionReadyToProvision", {"provisionRequestId": "x"}, "must be an integer"),
+    ("SubscriptionReadyToProvision", {"sid": "171"}, "header sid='171' but the body has SID 170"),
+    ("SubscriptionReadyToProvision", {"provisionRequestId": "12"},
+     "header provisionRequestId needs the smileMessageType (SubscriptionReadyToProvision or "
+     "SubscriptionProvisioned): without it the request id would be dropped"),
+    ("SubscriptionProvisionResponse", {"provisionRequestId": "12"},
+     "header provisionRequestId='12' but the body has 9001"),
+    ("SubscriptionClosed", {"provisionRequestId": "12"},
+     "header provisionRequestId: no message with a SubscriptionUpdated body carries one"),
+])
+def test_headers_given_without_a_message_type_are_checked_too(translator: Translator, sample,
+                                                              headers, words) -> None:
+    # a header the gateway would not use or that disagrees is an error, not silently dropped
+    data = (SAMPLES / f"{sample}.xml").read_bytes()
+    with pytest.raises(DocumentInvalidError, match=re.escape(words)):
+        translator.from_smile(data, None, headers)
+
+
+def test_an_integer_header_the_type_does_not_name_is_still_checked(
+        translator: Translator) -> None:
+    data = (SAMPLES / "SubscriptionEnabled.xml").read_bytes()
+    with pytest.raises(DocumentInvalidError, match="header provisionRequestId must be an integer"):
+        translator.from_smile(data, "SubscriptionEnabled", {"provisionRequestId": "١٢"})
+    translator.from_smile(data, "SubscriptionEnabled", {"provisionRequestId": "12"})
+
+
+def test_agreeing_headers_without_a_message_type_are_taken(translator: Translator) -> None:
+    data = (SAMPLES / "SubscriptionProvisionResponse.xml").read_bytes()
+    assert translator.from_smile(data, None, {"provisionRequestId": "9001"}).outline \
+        .provision_request_id == 9001
+    data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    plain = translator.from_smile(data, None, {"usn": "2142426762", "sid": "170",
+                                              "JMSXDeliveryCount": "1"})
+    assert plain.smile_message_type is None and plain.states["order"] == "acknowledged"
 
 
 def test_a_body_that_is_not_the_types_body_is_refused(translator: Translator) -> None:

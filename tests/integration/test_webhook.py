@@ -83,6 +83,16 @@ def test_a_provision_request_id_no_store_can_hold_is_422_not_500(client) -> None
     assert client.get("/subscriptions/2142426762").status_code == 404  # nothing recorded
 
 
+def test_a_provision_request_id_without_the_message_type_is_422_not_dropped(client) -> None:
+    r = post_xml(client, RTP, **{"X-Smile-Provision-Request-Id": "12"})
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    assert "header provisionRequestId needs the smileMessageType" in r.json["detail"]
+    assert client.get("/subscriptions/2142426762").status_code == 404  # nothing recorded
+    r = post_xml(client, RTP, **{"X-Smile-Provision-Request-Id": "abc"})
+    assert r.status_code == 422 and "must be an integer" in r.json["detail"]
+    assert post_xml(client, RTP).status_code == 202  # without either, as before
+
+
 def test_an_order_event_can_create_the_subscription(client) -> None:
     r = client.post("/orders/events", json={
         "eventId": "e-new", "usn": "N1", "vocabulary": "subscription", "state": "draft",
