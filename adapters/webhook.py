@@ -33,7 +33,7 @@ from gateway.errors import (
 from gateway.events import parse_order_event, parse_tmf622_event
 from gateway.ports import Store
 from gateway.service import GatewayService
-from gateway.signatures import SignatureError, secret_key, verify
+from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_key, verify
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,18 @@ def problem(status: int, title: str, detail: str,
             errors: list[dict[str, Any]] | None = None) -> Response:
     return Response(problem_json(status, title, detail, errors), status=status,
                     mimetype=PROBLEM)
+
+
+def _header(req: Request, name: str) -> str | None:
+    """A header's value as the UTF-8 it was sent in (a WSGI server hands header bytes on as
+    latin-1, PEP 3333); None when absent or empty. Bytes that are no UTF-8 are a 400."""
+    value = req.headers.get(name)
+    if not value:
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise _Problem(400, "Bad Request", f"header {name} is not UTF-8") from None
 
 
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -229,9 +241,9 @@ def create_app(service: GatewayService, settings: Settings,
     def signed(req: Request, data: bytes) -> str | None:
         """The webhook-id when signatures are on (verified), else the header as given."""
         if key is not None:
-            headers = {k.lower(): v for k, v in req.headers.items()}
+            headers = {name: _header(req, name) or "" for name in SIGNATURE_HEADERS}
             return verify(key, headers, data, clock(), settings.webhook.tolerance_s)
-        return req.environ.get("HTTP_WEBHOOK_ID") or None
+        return _header(req, "webhook-id")
 
     def json_body() -> Any:
         req = _current_request()
@@ -259,12 +271,11 @@ def create_app(service: GatewayService, settings: Settings,
         charset = req.mimetype_params.get("charset")
         if charset:
             data = service.codec.labelled(data, charset)
-        environ = req.environ
         headers: dict[str, str] = {}
-        message_type = environ.get("HTTP_X_SMILE_MESSAGE_TYPE") or None
+        message_type = _header(req, "X-Smile-Message-Type")
         if message_type:
             headers["smileMessageType"] = message_type
-        request_id = environ.get("HTTP_X_SMILE_PROVISION_REQUEST_ID")
+        request_id = _header(req, "X-Smile-Provision-Request-Id")
         if request_id:
             headers["provisionRequestId"] = request_id
         result = service.accept_smile_document(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from gateway.errors import ConfigError, GatewayError
 
 PREFIX = "whsec_"
+SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 class SignatureError(GatewayError):
@@ -30,7 +31,7 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+def sign(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
     """The `webhook-signature` value for one key: `v1,<base64 HMAC>`."""
     content = msg_id.encode() + b"." + str(timestamp).encode() + b"." + body
     digest = hmac.new(key, content, hashlib.sha256).digest()
@@ -45,13 +46,13 @@ def verify(key: bytes, headers: Mapping[str, str], body: bytes, now: float,
     signatures = headers.get("webhook-signature")
     if not msg_id or not stamp or not signatures:
         raise SignatureError("missing webhook-id, webhook-timestamp or webhook-signature")
-    try:
-        timestamp = int(stamp)
-    except ValueError:
-        raise SignatureError("webhook-timestamp is not a whole number of seconds") from None
+    # ASCII digits only: int() would take " 7", "1_000", "+7" and other scripts' digits
+    if not (stamp.isascii() and stamp.isdigit()):
+        raise SignatureError("webhook-timestamp is not a whole number of seconds")
+    timestamp = int(stamp)
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(f"webhook-timestamp is outside the {tolerance_s}s window")
-    expected = sign(key, msg_id, timestamp, body).encode()
+    expected = sign(key, msg_id, stamp, body).encode()  # over the header as it came
     # several space-separated signatures allow key rotation; compare each in constant time
     matched = False
     for candidate in signatures.split():

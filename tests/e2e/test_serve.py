@@ -116,6 +116,8 @@ def hostile_requests(url: str) -> list[tuple[str, str, dict[str, str], bytes | I
                                      "X-Smile-Message-Type": "SubscriptionReadyToProvision"},
          RTP),
         ("POST", "/smile/messages", {**XML, "X-Huge": "x" * 200_000}, RTP),
+        ("POST", "/smile/messages", {**XML, "webhook-id": "id-\xff"}, RTP),  # no UTF-8
+        ("POST", "/smile/messages", {**XML, "X-Smile-Provision-Request-Id": "12"}, RTP),
         ("POST", "/smile/messages", {**XML, "Content-Encoding": "gzip"}, gzip.compress(RTP)),
         ("POST", "/orders/events", {"Content-Type": "application/json", "Content-Encoding": "br"},
          json.dumps({"eventId": "x", "usn": "u", "vocabulary": "order",

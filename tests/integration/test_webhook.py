@@ -316,6 +316,44 @@ def test_signatures_are_checked_when_a_secret_is_set(settings, codec, tmp_path) 
     assert r.status_code == 202
 
 
+def wire(text: str) -> str:
+    """A header value as a WSGI server hands it on (PEP 3333: the bytes sent, as latin-1)."""
+    return text.encode().decode("latin-1")
+
+
+def test_a_signed_webhook_id_is_the_utf8_it_was_signed_as(settings, codec, tmp_path) -> None:
+    client, _ = build(settings, codec, tmp_path, secret=SECRET)
+    headers = signed_headers(RTP, "msg_é")  # Standard Webhooks signs the id's UTF-8 bytes
+    r = post_xml(client, RTP, **{**headers, "webhook-id": wire("msg_é")})
+    assert r.status_code == 202, r.json
+    again = post_xml(client, RTP, **{**headers, "webhook-id": wire("msg_é")})
+    assert again.status_code == 202 and again.json == r.json
+    stamp = f"0{int(time.time())}"  # signed as written: leading zero and all
+    zero = {"webhook-id": "msg_0", "webhook-timestamp": stamp,
+            "webhook-signature": sign(SECRET_KEY, "msg_0", stamp, RTP)}
+    assert post_xml(client, RTP, **zero).status_code == 202
+
+
+@pytest.mark.parametrize("stamp", ["1_700_000_000", " 1700000000", "+1700000000", "\u0661\u0667\u0660\u0660"])
+def test_a_webhook_timestamp_is_ascii_digits_only(settings, codec, tmp_path, stamp) -> None:
+    client, _ = build(settings, codec, tmp_path, secret=SECRET)
+    now = int(time.time())
+    headers = {**signed_headers(RTP, when=now), "webhook-timestamp": wire(stamp)}
+    r = post_xml(client, RTP, **headers)
+    assert r.status_code == 401
+    assert "webhook-timestamp is not a whole number of seconds" in r.json["detail"]
+
+
+def test_header_values_are_read_as_utf8(client) -> None:
+    r = post_xml(client, RTP, **{"X-Smile-Message-Type": wire("Ñope")})
+    assert r.status_code == 422 and "unknown smileMessageType 'Ñope'" in r.json["detail"]
+    r = post_xml(client, RTP, **{"X-Smile-Message-Type": "\xff\xfe"})  # no UTF-8
+    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    assert r.json["detail"] == "header X-Smile-Message-Type is not UTF-8"
+    r = post_xml(client, RTP, **{"webhook-id": "id-\xff"})
+    assert r.status_code == 400 and r.json["detail"] == "header webhook-id is not UTF-8"
+
+
 def test_health_readiness_metrics_and_openapi(client) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     assert client.get("/readyz").json["status"] == "ready"
