@@ -154,13 +154,16 @@ def _snapshot(translator: Translator, path: str, limit: int) -> SubscriptionFeat
     document = translator.codec.decode(_read_input(path, limit))
     if not isinstance(document, SubscriptionFeaturesUpdate):
         raise DocumentInvalidError(
-            f"{path}: a snapshot must be a SubscriptionFeaturesUpdate document, "
+            f"a snapshot must be a SubscriptionFeaturesUpdate document, "
             f"found {type(document).__name__}")
     return document
 
 
 def _print_document_error(path: str, exc: DocumentError) -> None:
-    print(f"{path}: {exc}", file=sys.stderr)
+    """As `validate` prints them: a line per violation, located; the error alone when it
+    has none (its summary would only repeat them)."""
+    if not exc.violations:
+        print(f"{path}: {exc}", file=sys.stderr)
     for v in exc.violations:
         print(f"{path}:{v.line}:{v.column}: {v.message}", file=sys.stderr)
 

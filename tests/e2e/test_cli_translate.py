@@ -92,6 +92,22 @@ def test_an_invalid_snapshot_exits_1_with_located_errors() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_document_errors_are_one_line_each_as_validate_prints_them() -> None:
+    several = str(INVALID / "several-violations.xml")
+    done = run_cli(["translate", "from-smile", several])
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        line for line in run_cli(["validate", several]).stdout.splitlines()
+        if line.startswith(several)]  # each violation once, located; no summary repeating it
+    assert len(done.stderr.splitlines()) == 3
+    response = str(SAMPLES / "SubscriptionProvisionResponse.xml")
+    done = run_cli(["translate", "to-smile", "--vocabulary", "order", "--state", "accepted",
+                    "--snapshot", response])
+    assert done.returncode == 1
+    assert done.stderr == (f"{response}: a snapshot must be a SubscriptionFeaturesUpdate "
+                           f"document, found SubscriptionProvisionResponse\n")
+
+
 def test_from_smile_prints_the_documented_json() -> None:
     done = run_cli(["translate", "from-smile", str(SAMPLES / "SubscriptionActivated.xml"),
                     "--message-type", "SubscriptionActivated", "--snapshot",
