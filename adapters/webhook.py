@@ -81,9 +81,11 @@ def problem(status: int, title: str, detail: str,
 def _header(req: Request, name: str) -> str | None:
     """A header's value as the UTF-8 it was sent in (a WSGI server hands header bytes on as
     latin-1, PEP 3333); None when absent or empty. Bytes that are no UTF-8 are a 400."""
-    value = req.headers.get(name)
+    value: str | None = req.environ.get("HTTP_" + name.upper().replace("-", "_"))
     if not value:
         return None
+    if value.isascii():  # the common case, as it is
+        return value
     try:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeError:
