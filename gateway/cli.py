@@ -345,10 +345,12 @@ def cmd_outbox_replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     done = _from_store(args, lambda store: store.replay(None if args.dead else args.ids))
     print(f"{done.requeued} item(s) re-queued")
-    if done.pending:
-        print(f"note: outbox id {_ids(done.pending)} {'is' if len(done.pending) == 1 else 'are'}"
-              f" pending already: the relay sends {'it' if len(done.pending) == 1 else 'them'}"
-              f" as it is", file=sys.stderr)
+    if len(done.pending) == 1:
+        print(f"note: outbox id {done.pending[0]} is pending already: the relay sends it as "
+              f"it is", file=sys.stderr)
+    elif done.pending:
+        print(f"note: outbox ids {_ids(done.pending)} are pending already: the relay sends "
+              f"them as they are", file=sys.stderr)
     if done.unknown:
         print(f"smile-gateway: outbox replay: no outbox item with id {_ids(done.unknown)} "
               f"(`outbox list` shows the ids)", file=sys.stderr)
