@@ -234,14 +234,14 @@ def check_headers(mtype: MessageType | None, outline: DocumentOutline,
     would otherwise drop it unseen."""
     problems = []
     usn, sid = outline.usn, outline.sid
-    given = sorted(INTEGER_HEADERS & headers.keys())  # typed, so checked when given at all
-    for name in dict.fromkeys((*(mtype.headers if mtype is not None else ()), *given)):
-        value = headers.get(name)
-        if value in (None, ""):
+    if mtype is not None:
+        for name in mtype.headers:
             # usn and sid may come in the body alone; when both are given they must agree
-            if mtype is not None and not (usn is not None and name in ("usn", "sid")):
+            if headers.get(name) in (None, "") and not (usn is not None and name in ("usn", "sid")):
                 problems.append(f"header {name} is required for {mtype.name}")
-        elif name in INTEGER_HEADERS and not _is_integer(value):
+    for name in sorted(INTEGER_HEADERS & headers.keys()):  # typed: checked whenever given
+        value = headers[name]
+        if value != "" and not _is_integer(value):
             problems.append(f"header {name} must be an integer from {LONG_RANGE[0]} to "
                             f"{LONG_RANGE[1]} (xs:long), found {value!r}")
     if (mtype is None and headers.get("provisionRequestId") not in (None, "")
