@@ -223,9 +223,15 @@ def _env_overrides(environ: Mapping[str, str], known: dict[str, Any]) -> dict[st
     """GATEWAY_<SECTION>__<KEY>[__<KEY>...]=value, matched case-insensitively to known keys."""
     out: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        if "__" not in name:
+            _check_not_misspelt(name, known)
             continue
         parts = name[len(ENV_PREFIX):].split("__")
+        if "" in parts:
+            raise ConfigError(name, f"not read: a part of the name is empty "
+                                    f"(written {ENV_PREFIX}<SECTION>__<KEY>[__<KEY>...])")
         node: dict[str, Any] = out
         tree: Any = known
         for i, part in enumerate(parts):
@@ -246,6 +252,22 @@ def _env_overrides(environ: Mapping[str, str], known: dict[str, Any]) -> dict[st
             else:
                 node = node.setdefault(key, {})
     return out
+
+
+def _check_not_misspelt(name: str, known: Mapping[str, Any]) -> None:
+    """GATEWAY_WEBHOOK_SECRET, ignored, would leave the webhook unsigned: name the right form.
+    Variables naming no section (GATEWAY_INTERFACE of CGI, say) are not this gateway's."""
+    rest = name[len(ENV_PREFIX):].lower()
+    for section in known:
+        if rest == section:
+            meant = f"{ENV_PREFIX}{section.upper()}__<KEY>"
+        elif rest.startswith(f"{section}_"):
+            meant = f"{ENV_PREFIX}{section.upper()}__{rest[len(section) + 1:].upper()}"
+        else:
+            continue
+        raise ConfigError(name, f"not read: an override has two underscores between the "
+                                f"section and the key, {ENV_PREFIX}<SECTION>__<KEY> "
+                                f"(did you mean {meant}?)")
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:

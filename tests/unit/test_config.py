@@ -185,3 +185,30 @@ def test_a_store_url_that_does_not_parse_is_refused_without_its_password(url, sh
     with pytest.raises(ConfigError, match="is not a URL") as info:
         load_settings(None, {"GATEWAY_STORE__URL": url})
     assert "s3cret" not in str(info.value) and shown in str(info.value)
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("GATEWAY_WEBHOOK_SECRET", "GATEWAY_WEBHOOK__SECRET"),
+    ("GATEWAY_broker_password", "GATEWAY_BROKER__PASSWORD"),
+    ("GATEWAY_FORWARD_URL", "GATEWAY_FORWARD__URL"),
+    ("GATEWAY_EMISSION", "GATEWAY_EMISSION__<KEY>"),
+])
+def test_an_override_with_one_underscore_after_its_section_is_an_error(name, meant) -> None:
+    # silently ignored, GATEWAY_WEBHOOK_SECRET would leave the webhook unsigned
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {name: "whsec_c2VjcmV0"})
+    assert err.value.key == name
+    assert meant in err.value.problem and "two underscores" in err.value.problem
+
+
+def test_other_gateway_variables_are_not_overrides() -> None:
+    # the CGI's GATEWAY_INTERFACE and this gateway's GATEWAY_CONFIG name no section
+    s = load_settings(None, {"GATEWAY_INTERFACE": "CGI/1.1", "GATEWAY_WEBHOOKS": "x"})
+    assert s.webhook.secret == ""
+
+
+@pytest.mark.parametrize("name", ["GATEWAY_WEBHOOK__", "GATEWAY_WEBHOOK____SECRET", "GATEWAY___X"])
+def test_an_override_with_an_empty_part_is_named(name) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {name: "1"})
+    assert err.value.key == name and "empty" in err.value.problem
