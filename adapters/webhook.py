@@ -109,6 +109,20 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+MAX_NUMBER_DIGITS = 4300  # Python's default int_max_str_digits, whatever the interpreter's
+
+
+def _bounded_int(text: str) -> int:
+    """int(), bounded here: over Python's limit its refusal would answer the sender with
+    advice about the interpreter (sys.set_int_max_str_digits) instead of what is wrong, and
+    with the limit lifted (PYTHONINTMAXSTRDIGITS=0) a long number costs quadratic time."""
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_NUMBER_DIGITS:
+        raise ValueError(f"a number of {digits} digits, longer than any this gateway reads "
+                         f"({MAX_NUMBER_DIGITS})")
+    return int(text)
+
+
 def _translate(exc: Exception) -> Response:
     """The one map from exceptions to HTTP responses."""
     if isinstance(exc, _Problem):
@@ -255,7 +269,8 @@ def create_app(service: GatewayService, settings: Settings,
         data = body_bytes(req)
         signed(req, data)
         try:
-            return json.loads(data, object_pairs_hook=_unique_names, parse_constant=_no_constant)
+            return json.loads(data, object_pairs_hook=_unique_names, parse_constant=_no_constant,
+                              parse_int=_bounded_int)
         except (ValueError, UnicodeDecodeError) as exc:
             raise _Problem(400, "Bad Request", f"body is not valid JSON: {exc}") from exc
         except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack

@@ -198,7 +198,10 @@ def test_malformed_json_is_400_and_a_wrong_type_is_415(client) -> None:
     (b'{"event": {"productOrder": {"state": "accepted", "state": "cancelled"}}}',
      "the name 'state' is given twice in one object"),
     (b'{"eventId": NaN}', "body is not valid JSON: NaN is not a JSON value"),
-    (b'{"sid": -Infinity}', "-Infinity is not a JSON value")])
+    (b'{"sid": -Infinity}', "-Infinity is not a JSON value"),
+    (b'{"sid": ' + b"9" * 5000 + b"}",
+     "body is not valid JSON: a number of 5000 digits, longer than any this gateway reads (4300)"),
+    (b'{"sid": -' + b"9" * 4301 + b"}", "a number of 4301 digits")])
 def test_a_name_given_twice_or_a_non_json_number_is_400(client, route, body, detail) -> None:
     """Parsers differ on which of two values of a name counts: none is picked."""
     r = client.post(route, data=body, headers={"Content-Type": "application/json"})
