@@ -78,6 +78,11 @@ class _Progress:
 def cmd_validate(args: argparse.Namespace) -> int:
     from gateway.bootstrap import checker_factory
 
+    dashes = args.paths.count(batch.STDIN)
+    if dashes > 1:
+        print(f"smile-gateway: validate: {batch.STDIN} (standard input) is given {dashes} "
+              "times: it can be read once", file=sys.stderr)
+        return EXIT_USAGE
     settings = _settings(args)
     out = sys.stdout
     problems: list[str] = []

@@ -62,6 +62,14 @@ def test_standard_input_is_read_for_a_dash() -> None:
     assert bad.returncode == 1 and bad.stdout.startswith(b"<stdin>:14:")
 
 
+def test_a_dash_given_twice_is_a_usage_error() -> None:
+    # the second read would find standard input spent and report an empty document
+    r = run_cli(["validate", "-", str(SAMPLES), "-"],
+                stdin=(SAMPLES / "SubscriptionEnabled.xml").read_bytes())
+    assert r.returncode == 2 and r.stdout == b""
+    assert b"- (standard input) is given 2 times: it can be read once" in r.stderr
+
+
 def test_worker_processes_give_the_same_report_in_the_same_order(tmp_path: Path) -> None:
     for i in range(40):  # more than one chunk's worth across two folders
         src = SAMPLES / "SubscriptionActivated.xml" if i % 3 else INVALID / "sid-not-integer.xml"
