@@ -182,19 +182,54 @@ def _load_rule(raw: Any, key: str, response_statuses: tuple[str, ...]) -> Outbou
     return OutboundRule(message=message, response=response, **values)
 
 
+def _load_states(raw: Any, key: str,
+                 case_sensitive: bool) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The state ids in order and their display names (when written as a mapping). Each
+    name means one state: ids are unique, and where case does not count neither an id nor a
+    display name may fold to another state's."""
+    display: dict[str, str] = {}
+    if isinstance(raw, AnyMapping):
+        ids = list(raw)
+        for state, shown in raw.items():
+            if not isinstance(shown, str) or not shown.strip():
+                raise ConfigError(f"{key}.{state}", "expected a display name (a string), "
+                                  f"found {shown!r}")
+            display[state] = shown
+    else:
+        ids = _expect_list(raw, key)
+    if not ids:
+        raise ConfigError(key, "a vocabulary needs at least one state")
+    listed: set[str] = set()
+    seen: dict[str, tuple[str, str]] = {}  # a name as matched -> (state, as written)
+    for state in ids:
+        if not isinstance(state, str) or not state.strip():
+            raise ConfigError(key, f"expected state names (strings), found {state!r}")
+        if state in listed:
+            raise ConfigError(key, f"{state!r} is listed twice")
+        listed.add(state)
+        for spelled in (state, display.get(state, state)):
+            name = spelled if case_sensitive else spelled.strip().casefold()
+            other = seen.setdefault(name, (state, spelled))
+            if other[0] != state:
+                raise ConfigError(key, f"{_named(state, spelled)} and {_named(*other)} are one "
+                                  "name to a vocabulary whose case_sensitive is false")
+            if case_sensitive:
+                break  # display names are not read as input there
+    return tuple(ids), display
+
+
+def _named(state: str, spelled: str) -> str:
+    return repr(state) if spelled == state else f"{state!r} ({spelled})"
+
+
 def _load_vocabulary(name: str, raw: Any, key: str,
                      response_statuses: tuple[str, ...]) -> Vocabulary:
     spec = _expect_mapping(raw, key)
     _check_keys(spec, key, _VOCABULARY_KEYS)
-    raw_states = spec.get("states")
-    if isinstance(raw_states, AnyMapping):
-        display = {str(k): str(v) for k, v in raw_states.items()}
-        states = tuple(display)
-    else:
-        states = tuple(str(s) for s in _expect_list(raw_states, f"{key}.states"))
-        display = {}
-    if not states:
-        raise ConfigError(f"{key}.states", "a vocabulary needs at least one state")
+    case_sensitive = spec.get("case_sensitive", True)
+    if not isinstance(case_sensitive, bool):
+        raise ConfigError(f"{key}.case_sensitive", "expected true or false")
+    states, display = _load_states(spec.get("states"), f"{key}.states", case_sensitive)
     graph = _expect_mapping(spec.get("transitions", {}), f"{key}.transitions")
     transitions: dict[str, tuple[str, ...]] = {}
     for state in states:
@@ -211,15 +246,16 @@ def _load_vocabulary(name: str, raw: Any, key: str,
         if state not in states:
             raise ConfigError(f"{key}.outbound.{state}", "unknown state", states)
         outbound[state] = _load_rule(rule, f"{key}.outbound.{state}", response_statuses)
-    case_sensitive = spec.get("case_sensitive", True)
-    if not isinstance(case_sensitive, bool):
-        raise ConfigError(f"{key}.case_sensitive", "expected true or false")
+    initial = _state_list(spec.get("initial", list(states[:1])), f"{key}.initial", states)
+    if not initial:
+        raise ConfigError(f"{key}.initial", "at least one state a new subscription may start "
+                          "in is needed", states)
     return Vocabulary(
         name=name,
         states=states,
         display=display,
         case_sensitive=case_sensitive,
-        initial=_state_list(spec.get("initial", list(states[:1])), f"{key}.initial", states),
+        initial=initial,
         transitions=transitions,
         outbound=outbound,
     )
@@ -240,6 +276,9 @@ def load_mapping(raw: Any, key: str = "mapping") -> StateMapping:
             raise ConfigError(f"{key}.progress_statuses", f"unknown response status {word!r}",
                               response_statuses)
     vocab_raw = _expect_mapping(spec.get("vocabularies"), f"{key}.vocabularies")
+    if not vocab_raw:
+        raise ConfigError(f"{key}.vocabularies", "at least one vocabulary is needed (the "
+                          "shipped config.yaml has order and subscription)")
     vocabularies = {
         str(name): _load_vocabulary(str(name), v, f"{key}.vocabularies.{name}", response_statuses)
         for name, v in vocab_raw.items()
