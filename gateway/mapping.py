@@ -283,7 +283,7 @@ def load_mapping(raw: Any, key: str = "mapping") -> StateMapping:
         str(name): _load_vocabulary(str(name), v, f"{key}.vocabularies.{name}", response_statuses)
         for name, v in vocab_raw.items()
     }
-    rules = []
+    rules: list[InboundRule] = []
     for i, raw_rule in enumerate(_expect_list(spec.get("inbound", []), f"{key}.inbound")):
         rkey = f"{key}.inbound[{i}]"
         rule = _expect_mapping(raw_rule, rkey)
@@ -301,5 +301,10 @@ def load_mapping(raw: Any, key: str = "mapping") -> StateMapping:
             if state is not None and state not in vocab.states:
                 raise ConfigError(f"{rkey}.{vname}", f"unknown state {state!r}", vocab.states)
             states[vname] = state
+        for j, earlier in enumerate(rules):
+            if earlier.when.items() <= when.items():  # first match wins: this one is dead
+                raise ConfigError(rkey, f"never matches: inbound[{j}] comes first and matches "
+                                  "every document this rule would (put the narrower rule "
+                                  "first)")
         rules.append(InboundRule(when, states))
     return StateMapping(vocabularies, tuple(rules), response_statuses, progress_statuses)

@@ -167,6 +167,12 @@ def raw_mapping() -> dict:
         states=["draft", "Active", "Active"], initial=["draft"],
         transitions={"draft": [], "Active": []}, outbound={}),
      "mapping.vocabularies.subscription.states", "'Active' is listed twice"),
+    (lambda m: m["inbound"].insert(0, {"when": {}, "order": None, "subscription": None}),
+     "mapping.inbound[1]", "never matches: inbound[0] comes first and matches every document "
+     "this rule would"),
+    (lambda m: m["inbound"].insert(2, {"when": {"provision": "Provisioned", "suspend": "Active"},
+                                       "order": "completed", "subscription": "active"}),
+     "mapping.inbound[3]", "never matches: inbound[2] comes first"),
     (lambda m: m.update(vocabularies={}),
      "mapping.vocabularies", "at least one vocabulary is needed"),
 ])
