@@ -309,7 +309,8 @@ def create_app(service: GatewayService, settings: Settings,
 
     @app.post("/listener/productOrderStateChangeEvent")
     def tmf622_listener() -> Response:
-        change = parse_tmf622_event(json_body(), settings.webhook.tmf622_usn_path)
+        change = parse_tmf622_event(json_body(), settings.webhook.tmf622_usn_path,
+                                    settings.webhook.tmf622_external_id_owner)
         service.apply_state_change(change)
         return Response(status=204)
 

@@ -108,6 +108,7 @@ class WebhookSettings:
     tolerance_s: int
     threads: int
     tmf622_usn_path: str
+    tmf622_external_id_owner: str = ""
     secret: str = ""
 
 

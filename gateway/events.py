@@ -19,7 +19,7 @@ from gateway.domain import (
     Subscription,
     SubscriptionFeaturesUpdate,
 )
-from gateway.errors import DocumentInvalidError, Violation
+from gateway.errors import DocumentInvalidError, Violation, clip
 from gateway.service import NEW_SUBSCRIPTION_FLAGS, StateChange
 
 # What XML 1.0 can carry (its Char production): no control characters but tab, newline and
@@ -236,9 +236,11 @@ def _plain_digits(value: Decimal) -> int:
     return max(digits + exponent, 1) + max(-exponent, 0)
 
 
-def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
+def parse_tmf622_event(payload: Any, usn_path: str, owner: str = "") -> StateChange:
     """A TMF622 ProductOrderStateChangeEvent: the order's state for the usn found at
-    `usn_path` (dotted, default event.productOrder.externalId)."""
+    `usn_path` (dotted, default event.productOrder.externalId). Where that is a list (v5's
+    ExternalIdentifier objects), the usn is the `id` of its one entry, or of the one entry
+    whose `owner` is `owner`."""
     p = _Problems()
     payload = _top_object(payload)
     event_id = p.string(payload, "eventId", "", limit=ID_CHARS)
@@ -254,6 +256,8 @@ def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
         node = node.get(part) if isinstance(node, Mapping) else None
     usn = None
     where = "/" + usn_path.replace(".", "/")
+    if isinstance(node, list):
+        node, where = _external_identifier(p, node, where, owner)
     if isinstance(node, int) and not isinstance(node, bool):
         node = str(node)  # a numeric externalId names the usn as its digits
     if isinstance(node, str) and node.strip():
@@ -262,8 +266,32 @@ def parse_tmf622_event(payload: Any, usn_path: str) -> StateChange:
             usn = node
         else:
             p.add(where, problem)
-    else:
+    elif where:
         p.add(where, "required: the subscription's usn")
     p.raise_if_any()
     assert event_id and state and usn
     return StateChange(event_id, usn, "order", state, None, source="tmf622")
+
+
+def _external_identifier(p: _Problems, entries: list[Any], where: str,
+                         owner: str) -> tuple[Any, str]:
+    """The `id` of the one ExternalIdentifier that names the usn, and its path; ("", "")
+    with the problem added when the list names no one entry."""
+    owners = ", ".join(repr(clip(str(e.get("owner")), 60))
+                       for e in entries[:10] if isinstance(e, Mapping))
+    found = f" (owners {owners})" if owners else ""
+    picked = [i for i, e in enumerate(entries)
+              if isinstance(e, Mapping) and (not owner or e.get("owner") == owner)]
+    if len(picked) == 1:
+        return entries[picked[0]].get("id"), f"{where}/{picked[0]}/id"
+    if not picked and owner:
+        p.add(where, f"no external identifier whose owner is {clip(owner, 60)!r}{found}")
+    elif not picked:
+        p.add(where, "no external identifier: the subscription's usn is required")
+    elif owner:
+        p.add(where, f"{len(picked)} external identifiers whose owner is {clip(owner, 60)!r}: "
+                     "one must name the usn")
+    else:
+        p.add(where, f"{len(picked)} external identifiers{found}: set "
+                     "webhook.tmf622_external_id_owner to the owner whose id is the usn")
+    return "", ""

@@ -235,6 +235,57 @@ def test_the_tmf622_listener_answers_204(client) -> None:
     assert odd.json["errors"][0]["path"] == "/event/productOrder/externalId"
 
 
+
+def tmf622_v5(event_id: str, state: str, *external_ids: dict) -> dict:
+    """TMF622 v5 carries externalId as a list of ExternalIdentifier objects."""
+    return {"eventId": event_id, "eventType": "ProductOrderStateChangeEvent",
+            "event": {"productOrder": {"id": "PO-5", "state": state,
+                                       "externalId": [{"@type": "ExternalIdentifier", **e}
+                                                      for e in external_ids]}}}
+
+
+def test_a_tmf622_v5_external_identifier_names_the_usn(client) -> None:
+    seed(client)
+    r = client.post("/listener/productOrderStateChangeEvent", json=tmf622_v5(
+        "v5-1", "accepted", {"owner": "Smile", "externalIdentifierType": "usn",
+                             "id": "2142426762"}))
+    assert r.status_code == 204, r.json
+    assert client.get("/subscriptions/2142426762").json["states"]["order_state"] == "accepted"
+    numeric = client.post("/listener/productOrderStateChangeEvent",
+                          json=tmf622_v5("v5-2", "inProgress", {"id": 2142426762}))
+    assert numeric.status_code == 204, numeric.json
+
+
+@pytest.mark.parametrize(("ids", "path", "words"), [
+    ([{"owner": "CRM", "id": "PO-77"}, {"owner": "Smile", "id": "2142426762"}],
+     "/event/productOrder/externalId",
+     "2 external identifiers (owners 'CRM', 'Smile'): set webhook.tmf622_external_id_owner"),
+    ([], "/event/productOrder/externalId", "no external identifier"),
+    ([{"owner": "Smile"}], "/event/productOrder/externalId/0/id",
+     "required: the subscription's usn"),
+])
+def test_a_tmf622_v5_list_that_names_no_one_usn_is_422(client, ids, path, words) -> None:
+    r = client.post("/listener/productOrderStateChangeEvent",
+                    json=tmf622_v5("v5-x", "accepted", *ids))
+    assert r.status_code == 422 and r.mimetype == "application/problem+json"
+    assert r.json["errors"][0]["path"] == path and words in r.json["errors"][0]["message"]
+
+
+def test_the_owner_setting_picks_the_usn_among_external_identifiers(settings, codec,
+                                                                    tmp_path) -> None:
+    client = build(settings, codec, tmp_path, tmf622_external_id_owner="Smile")[0]
+    seed(client)
+    both = [{"owner": "CRM", "id": "PO-77"}, {"owner": "Smile", "id": "2142426762"}]
+    r = client.post("/listener/productOrderStateChangeEvent",
+                    json=tmf622_v5("v5-3", "accepted", *both))
+    assert r.status_code == 204, r.json
+    none = client.post("/listener/productOrderStateChangeEvent",
+                       json=tmf622_v5("v5-4", "accepted", {"owner": "CRM", "id": "PO-77"}))
+    assert none.status_code == 422
+    assert "no external identifier whose owner is 'Smile' (owners 'CRM')" in (
+        none.json["errors"][0]["message"])
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in INVALID.glob("*.xml")))
 def test_every_invalid_fixture_is_a_4xx_with_its_errors(client, name) -> None:
     r = post_xml(client, (INVALID / name).read_bytes())
