@@ -277,7 +277,7 @@ def _external_identifier(p: _Problems, entries: list[Any], where: str,
                          owner: str) -> tuple[Any, str]:
     """The `id` of the one ExternalIdentifier that names the usn, and its path; ("", "")
     with the problem added when the list names no one entry."""
-    owners = ", ".join(repr(clip(str(e.get("owner")), 60))
+    owners = ", ".join("(none)" if e.get("owner") is None else repr(clip(str(e["owner"]), 60))
                        for e in entries[:10] if isinstance(e, Mapping))
     found = f" (owners {owners})" if owners else ""
     picked = [i for i, e in enumerate(entries)

@@ -260,6 +260,8 @@ def test_a_tmf622_v5_external_identifier_names_the_usn(client) -> None:
     ([{"owner": "CRM", "id": "PO-77"}, {"owner": "Smile", "id": "2142426762"}],
      "/event/productOrder/externalId",
      "2 external identifiers (owners 'CRM', 'Smile'): set webhook.tmf622_external_id_owner"),
+    ([{"id": "2142426762"}, {"owner": "CRM", "id": "PO-77"}], "/event/productOrder/externalId",
+     "2 external identifiers (owners (none), 'CRM')"),
     ([], "/event/productOrder/externalId", "no external identifier"),
     ([{"owner": "Smile"}], "/event/productOrder/externalId/0/id",
      "required: the subscription's usn"),
