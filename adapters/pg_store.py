@@ -117,6 +117,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE dedupe ADD COLUMN fingerprint TEXT;
     """,
+    # 4: when a dead letter was replayed and what came of it (`dead-letters replay`)
+    """
+    ALTER TABLE dead_letters ADD COLUMN replayed_at DOUBLE PRECISION;
+    ALTER TABLE dead_letters ADD COLUMN replay_outcome TEXT;
+    """,
 )
 
 

@@ -31,6 +31,7 @@ _OUTBOX_INSERT = ("INSERT INTO outbox (channel, message_id, usn, kind, headers, 
                   "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 OUTBOX_COLUMNS = ("id, channel, message_id, usn, kind, headers, body, status, attempts, "
                   "last_error, created_at, updated_at")
+_LETTER = "id, source, reason, headers, body, at, replayed_at, replay_outcome"
 
 
 class Cursor(Protocol):
@@ -319,15 +320,24 @@ class SqlStoreBase:
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._read(lambda c: c.execute(
-            "SELECT id, source, reason, headers, body, at FROM dead_letters ORDER BY id DESC "
-            "LIMIT ?", (limit,)).fetchall())
+            f"SELECT {_LETTER} FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (limit,)).fetchall())
         return [self._letter(row) for row in reversed(rows)]
 
     def dead_letter(self, letter_id: int) -> dict[str, Any] | None:
         row = self._read(lambda c: c.execute(
-            "SELECT id, source, reason, headers, body, at FROM dead_letters WHERE id = ?",
-            (letter_id,)).fetchone())
+            f"SELECT {_LETTER} FROM dead_letters WHERE id = ?", (letter_id,)).fetchone())
         return None if row is None else self._letter(row)
+
+    def outstanding_dead_letters(self) -> list[int]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT id FROM dead_letters WHERE replayed_at IS NULL ORDER BY id").fetchall())
+        return [int(row[0]) for row in rows]
+
+    def mark_dead_letter_replayed(self, letter_id: int, outcome: str) -> None:
+        self._transact(lambda conn: conn.execute(
+            "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? WHERE id = ?",
+            (self.clock(), outcome, letter_id)))
 
     def dead_letter_counts(self) -> dict[str, int]:
         rows = self._read(lambda c: c.execute(
@@ -336,6 +346,8 @@ class SqlStoreBase:
 
     @staticmethod
     def _letter(row: tuple[Any, ...]) -> dict[str, Any]:
-        id_, source, reason, headers, body, at = row
+        id_, source, reason, headers, body, at, replayed_at, outcome = row
         return {"id": id_, "source": source, "reason": reason, "headers": json.loads(headers),
-                "body": bytes(body), "at": at}
+                "body": bytes(body), "at": at,
+                "replayed": None if replayed_at is None else {"at": replayed_at,
+                                                              "outcome": outcome}}

@@ -121,6 +121,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE dedupe ADD COLUMN fingerprint TEXT;
     """,
+    # 6: when a dead letter was replayed and what came of it (`dead-letters replay`); the
+    # letter itself is kept as it came
+    """
+    ALTER TABLE dead_letters ADD COLUMN replayed_at REAL;
+    ALTER TABLE dead_letters ADD COLUMN replay_outcome TEXT;
+    """,
 )
 
 def sqlite_path(url: str) -> str:

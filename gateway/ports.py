@@ -197,10 +197,19 @@ class Store(Protocol):
                         body: bytes) -> int: ...
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest `limit`, oldest first: id, source, reason, headers, body, at."""
+        """The newest `limit`, oldest first: id, source, reason, headers, body, at, and
+        replayed (None, or {"at", "outcome"})."""
         ...
 
     def dead_letter(self, letter_id: int) -> dict[str, Any] | None: ...
+
+    def outstanding_dead_letters(self) -> list[int]:
+        """The ids of the dead letters not replayed, oldest first."""
+        ...
+
+    def mark_dead_letter_replayed(self, letter_id: int, outcome: str) -> None:
+        """Record that the letter was replayed and what came of it; the letter is kept."""
+        ...
 
     def dead_letter_counts(self) -> dict[str, int]:
         """Dead letters per source."""

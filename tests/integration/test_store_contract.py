@@ -229,3 +229,17 @@ def test_ping_answers_and_a_closed_store_reopens_its_connections(store) -> None:
     store.ping()
     store.close()
     store.ping()
+
+
+def test_a_replayed_dead_letter_is_kept_marked_and_no_longer_outstanding(store) -> None:
+    first = store.add_dead_letter("broker", "invalid", {"message-id": "m1"}, b"<a/>")
+    second = store.add_dead_letter("broker", "invalid", {"message-id": "m2"}, b"<b/>")
+    third = store.add_dead_letter("broker", "invalid", {"message-id": "m3"}, b"<c/>")
+    assert store.outstanding_dead_letters() == [first, second, third]  # oldest first
+    assert store.dead_letter(first)["replayed"] is None
+    store.mark_dead_letter_replayed(second, "accepted")
+    assert store.outstanding_dead_letters() == [first, third]
+    marked = store.dead_letter(second)
+    assert marked["replayed"]["outcome"] == "accepted" and marked["replayed"]["at"] > 0
+    assert marked["body"] == b"<b/>" and marked["reason"] == "invalid"  # kept as it came
+    assert [d["id"] for d in store.dead_letters()] == [first, second, third]
