@@ -395,15 +395,18 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
     letters = _from_store(args, lambda store: store.dead_letters(args.limit))
     if args.format == "json":
         json.dump([{"id": d["id"], "at": _iso(d["at"]), "source": d["source"],
-                    "reason": d["reason"], "headers": d["headers"], "bytes": len(d["body"])}
+                    "reason": d["reason"], "headers": d["headers"], "bytes": len(d["body"]),
+                    "replayed": d["replayed"] and {"at": _iso(d["replayed"]["at"]),
+                                                   "outcome": d["replayed"]["outcome"]}}
                    for d in letters], sys.stdout, indent=2)
         sys.stdout.write("\n")
         return EXIT_OK
-    print(f"{'id':>6}  {'at (UTC)':25} {'source':8} {'bytes':>7}  reason")
+    print(f"{'id':>6}  {'at (UTC)':25} {'source':8} {'replayed':9} {'bytes':>7}  reason")
     for d in letters:
         reason = " ".join(d["reason"].split())
-        print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {len(d['body']):>7}  "
-              f"{reason[:120]}")
+        replayed = d["replayed"]["outcome"] if d["replayed"] else ""
+        print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {replayed:9} "
+              f"{len(d['body']):>7}  {reason[:120]}")
     print(f"{len(letters)} dead letter(s)")
     return EXIT_OK
 
@@ -418,11 +421,60 @@ def cmd_dead_letters_show(args: argparse.Namespace) -> int:
     # stderr, so that a redirect of stdout holds the document alone
     print(f"# dead letter {letter['id']}, {letter['source']}, {_iso(letter['at'])}: "
           f"{letter['reason']}", file=sys.stderr)
+    if letter["replayed"] is not None:
+        print(f"# replayed {_iso(letter['replayed']['at'])}: {letter['replayed']['outcome']}",
+              file=sys.stderr)
     for name, value in sorted(letter["headers"].items()):
         print(f"# {name}: {value}", file=sys.stderr)
     sys.stdout.buffer.write(letter["body"])
     sys.stdout.flush()
     return EXIT_OK
+
+
+def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import bootstrap
+
+    if bool(args.ids) == bool(args.all):
+        print("smile-gateway: dead-letters replay: give dead letter ids or --all"
+              + (", not both" if args.all else ""), file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    runtime = bootstrap(settings)
+    try:
+        ids = runtime.store.outstanding_dead_letters() if args.all else args.ids
+        if not ids:
+            print("no outstanding dead letters")
+            return EXIT_OK
+        done = [runtime.service.replay_dead_letter(letter_id, args.force) for letter_id in ids]
+    finally:
+        runtime.close()
+    failed = False
+    for replay in done:
+        name = f"dead letter {replay.letter_id}"
+        if replay.outcome == "accepted":
+            print(f"{name}: accepted (usn {replay.usn})")
+        elif replay.outcome == "duplicate":
+            print(f"{name}: already recorded (a repeated delivery of usn {replay.usn})")
+        elif replay.outcome == "replayed before":
+            print(f"note: {name} was replayed before, at {_iso(replay.at or 0)} ({replay.detail}): "
+                  "left as it is", file=sys.stderr)
+        elif replay.outcome == "stale":
+            failed = True
+            print(f"smile-gateway: {name}: not replayed: {replay.detail} (--force replays it "
+                  "anyway)", file=sys.stderr)
+        elif replay.outcome == "refused":
+            failed = True
+            print(f"smile-gateway: {name}: still refused: {replay.detail}", file=sys.stderr)
+        else:
+            failed = True
+            print(f"smile-gateway: no dead letter {replay.letter_id} (`dead-letters list` "
+                  "shows them)", file=sys.stderr)
+    recorded = sum(1 for replay in done if replay.recorded)
+    print(f"{recorded} of {len(done)} dead letter(s) replayed")
+    if settings.forward.url and any(replay.outcome == "accepted" for replay in done):
+        print("note: their events are queued for forward.url; `serve` delivers them",
+              file=sys.stderr)
+    return EXIT_INVALID if failed else EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -645,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one dead letter's document on stdout, its reason on stderr")
     p.add_argument("id", type=_long, metavar="ID")
     p.set_defaults(func=cmd_dead_letters_show)
+    p = dsub.add_parser("replay", parents=[common],
+                        help="take dead letters again, once their cause is fixed")
+    p.add_argument("ids", nargs="*", type=_long, metavar="ID")
+    p.add_argument("--all", action="store_true", help="every one not replayed, oldest first")
+    p.add_argument("--force", action="store_true",
+                   help="also those older than their subscription's last change")
+    p.set_defaults(func=cmd_dead_letters_replay)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")

@@ -8,6 +8,8 @@
     ├── MappingError              unknown state (lists allowed)            -> 422 / exit 2
     ├── TransitionError           names from and to                        -> 409 / exit 1
     ├── UnknownSubscriptionError                                           -> 422
+    ├── StaleDocumentError        older than the subscription's last change (replay)
+    ├── KeyReusedError            a dedupe key reused for another request  -> 422
     ├── DeliveryError             retryable by the relay
     │   ├── PublishError
     │   └── ForwardError
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 _MAX_TEXT = 200
 
@@ -113,6 +116,21 @@ class UnknownSubscriptionError(GatewayError):
     def __init__(self, usn: str) -> None:
         self.usn = usn
         super().__init__(f"unknown subscription usn={clip(usn)}")
+
+
+class StaleDocumentError(GatewayError):
+    """A document older than the subscription's last change: recording it would set the
+    subscription back (a dead letter replayed after newer documents were accepted)."""
+
+    def __init__(self, usn: str, changed_at: float, came_at: float) -> None:
+        self.usn, self.changed_at, self.came_at = usn, changed_at, came_at
+        super().__init__(f"subscription {clip(usn)} changed at {_utc(changed_at)}, after this "
+                         f"document came at {_utc(came_at)}: recording it would set its "
+                         "snapshot and states back")
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
 
 
 # What each kind of dedupe key is called where it came from.

@@ -32,6 +32,8 @@ from gateway.errors import (
     GatewayError,
     KeyReusedError,
     MappingError,
+    StaleDocumentError,
+    StoreError,
     UnknownSubscriptionError,
     Violation,
     clip,
@@ -90,6 +92,33 @@ class StateChange:
     state: str
     subscription: SubscriptionFeaturesUpdate | None = None  # creates an unknown usn
     source: str = "order-system"
+
+
+@dataclass(frozen=True, slots=True)
+class LetterReplay:
+    """What came of replaying a dead letter. `outcome`: "accepted"; "duplicate" (its
+    message id was recorded before: a repeated delivery); "refused" (still not acceptable,
+    `detail` says why); "stale" (its subscription changed after it came, at `at`);
+    "replayed before" (at `at`, with the outcome in `detail`); "unknown" (no such letter)."""
+
+    letter_id: int
+    outcome: str
+    usn: str | None = None
+    at: float | None = None
+    detail: str = ""
+
+    @property
+    def recorded(self) -> bool:
+        return self.outcome in ("accepted", "duplicate")
+
+
+def _reason(error: GatewayError | str) -> str:
+    """An error as a dead letter's reason: its message and its first violations."""
+    reason = str(error)
+    if isinstance(error, DocumentError) and error.violations:
+        reason += "; " + "; ".join(f"{v.line}:{v.column} {v.path} {v.message}"
+                                   for v in error.violations[:20])
+    return reason
 
 
 class GatewayService:
@@ -213,7 +242,9 @@ class GatewayService:
 
     def _accept(self, data: bytes, message_type: str | None,
                 headers: Mapping[str, str] | None, dedupe_key: str | None,
-                source: str) -> tuple[dict[str, Any], bool]:
+                source: str, came_at: float | None = None) -> tuple[dict[str, Any], bool]:
+        """`came_at` (a dead letter's replay): refuse with StaleDocumentError when the
+        subscription changed after then, checked in the transaction that would record it."""
         translation = self.translator.from_smile(data, message_type, headers)
         outline = translation.outline
         given = dict(headers or {})
@@ -222,6 +253,10 @@ class GatewayService:
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:
             written.clear()  # a retried transaction decides again
+            if came_at is not None:
+                last = self.store.history(usn, 1)  # the transaction's own connection
+                if last and last[-1]["at"] > came_at:
+                    raise StaleDocumentError(usn, last[-1]["at"], came_at)
             previous = None
             if record is not None and outline.body is SubscriptionUpdated:
                 previous = self._snapshot(record)  # merged below: needs the whole document
@@ -297,24 +332,52 @@ class GatewayService:
         The consumer acks after this returns; StoreError propagates (no ack)."""
         if headers.get(ORIGIN_HEADER) == self.settings.emission.origin:
             return "own"
-        key = headers.get("gateway-message-id") or headers.get("message-id")
-        dedupe_key = f"broker:{key}" if key else None
-        message_type = headers.get("smileMessageType") or None
         try:
-            charset = _charset(headers.get("content-type", ""))
-            data = self.codec.labelled(body, charset) if charset else body
-            _, duplicate = self._accept(data, message_type, headers, dedupe_key, "smile")
+            _, duplicate = self._accept_delivery(headers, body)
         except (DocumentError, MappingError, KeyReusedError) as exc:
             self.dead_letter("broker", exc, headers, body)
             return "dead-letter"
         return "duplicate" if duplicate else "accepted"
 
+    def _accept_delivery(self, headers: Mapping[str, str], body: bytes,
+                         came_at: float | None = None) -> tuple[dict[str, Any], bool]:
+        """A broker message's document, read by its headers (charset, smileMessageType) and
+        deduplicated by its message id: (response, recorded before)."""
+        key = headers.get("gateway-message-id") or headers.get("message-id")
+        dedupe_key = f"broker:{key}" if key else None
+        message_type = headers.get("smileMessageType") or None
+        charset = _charset(headers.get("content-type", ""))
+        data = self.codec.labelled(body, charset) if charset else body
+        return self._accept(data, message_type, headers, dedupe_key, "smile", came_at)
+
+    def replay_dead_letter(self, letter_id: int, force: bool = False) -> LetterReplay:
+        """Take a dead letter again as the broker first delivered it (its headers, its
+        message id for dedupe), once its cause is fixed; mark it replayed when it is
+        recorded, now or before. One that is refused again stays as it is, and so does one
+        older than its subscription's last change unless `force`."""
+        letter = self.store.dead_letter(letter_id)
+        if letter is None:
+            return LetterReplay(letter_id, "unknown")
+        if letter["replayed"] is not None:
+            return LetterReplay(letter_id, "replayed before", at=letter["replayed"]["at"],
+                                detail=letter["replayed"]["outcome"])
+        headers: dict[str, str] = letter["headers"]
+        try:
+            response, duplicate = self._accept_delivery(headers, letter["body"],
+                                                        None if force else letter["at"])
+        except StaleDocumentError as exc:
+            return LetterReplay(letter_id, "stale", exc.usn, exc.changed_at, str(exc))
+        except StoreError:
+            raise
+        except GatewayError as exc:  # still invalid, or refused for another reason
+            return LetterReplay(letter_id, "refused", detail=_reason(exc))
+        outcome = "duplicate" if duplicate else "accepted"
+        self.store.mark_dead_letter_replayed(letter_id, outcome)
+        return LetterReplay(letter_id, outcome, response.get("usn"))
+
     def dead_letter(self, source: str, error: GatewayError | str, headers: Mapping[str, str],
                     body: bytes) -> int:
-        reason = str(error)
-        if isinstance(error, DocumentError) and error.violations:
-            reason += "; " + "; ".join(f"{v.line}:{v.column} {v.path} {v.message}"
-                                       for v in error.violations[:20])
+        reason = _reason(error)
         log.warning("dead letter source=%s reason=%s", source, clip(reason))
         return self.store.add_dead_letter(source, reason, dict(headers), body)
 

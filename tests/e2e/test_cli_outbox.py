@@ -176,7 +176,7 @@ def test_dead_letters_are_listed_and_one_is_shown_as_it_came(tmp_path: Path) -> 
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[1].split()[0] == str(first) and lines[1].endswith(
-        f"broker   {len(body):>7}  not well-formed: bad byte")
+        f"broker             {len(body):>7}  not well-formed: bad byte")
     assert lines[-1] == "2 dead letter(s)"
     as_json = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
     assert [(d["source"], d["bytes"], d["headers"]) for d in as_json] == [
@@ -186,3 +186,115 @@ def test_dead_letters_are_listed_and_one_is_shown_as_it_came(tmp_path: Path) -> 
     assert b"# usn: u1" in shown.stderr and b"not well-formed" in shown.stderr
     missing = run_cli(["dead-letters", "show", "999"], env=env)
     assert missing.returncode == 1 and "no dead letter 999" in missing.stderr
+
+
+def _letter(env: dict[str, str], body: bytes, headers: dict[str, str],
+            reason: str = "handler failed: RuntimeError('a bug')") -> int:
+    from adapters.sql_store import SqlStore
+
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    try:
+        return store.add_dead_letter("broker", reason, headers, body)
+    finally:
+        store.close()
+
+
+def _replay(env: dict[str, str], *args: str):
+    return run_cli(["dead-letters", "replay", *args], env=env)
+
+
+def test_a_dead_letter_is_replayed_once_its_cause_is_fixed(tmp_path: Path) -> None:
+    """A document dead-lettered by a fault since fixed (a handler bug, a status value the
+    schema has since been taught) is taken from the store as the broker first delivered it:
+    recorded, marked replayed, and not taken twice."""
+    from adapters.sql_store import SqlStore
+
+    env = env_for(tmp_path, "/queue/x")
+    body = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+    letter = _letter(env, body, {"message-id": "ID:m-1",
+                                 "smileMessageType": "SubscriptionActivated"})
+    done = _replay(env, str(letter))
+    assert done.returncode == 0, done.stderr
+    assert f"dead letter {letter}: accepted (usn 2142426765" in done.stdout
+    assert "1 of 1 dead letter(s) replayed" in done.stdout
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    try:
+        assert store.subscription("2142426765") is not None
+        assert store.history("2142426765")[-1]["eventId"] == "broker:ID:m-1"
+        assert store.outstanding_dead_letters() == []
+        assert store.dead_letter_counts() == {"broker": 1}  # kept, never a second letter
+    finally:
+        store.close()
+    again = _replay(env, str(letter))
+    assert again.returncode == 0 and "replayed before" in again.stderr
+    assert "0 of 1 dead letter(s) replayed" in again.stdout
+    listed = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
+    assert listed[0]["replayed"]["outcome"] == "accepted"
+    table = run_cli(["dead-letters", "list"], env=env).stdout.splitlines()
+    assert "accepted" in table[1]
+    shown = run_cli(["dead-letters", "show", str(letter)], env=env)
+    assert shown.stdout == body.decode() and "# replayed " in shown.stderr
+
+
+def test_a_dead_letter_still_refused_stays_outstanding_and_says_why(tmp_path: Path) -> None:
+    env = env_for(tmp_path, "/queue/x")
+    invalid = _letter(env, (INVALID / "unknown-provision-status.xml").read_bytes(),
+                      {"message-id": "ID:m-2"}, reason="invalid")
+    unknown = 999
+    done = _replay(env, str(invalid), str(unknown))
+    assert done.returncode == 1
+    assert f"dead letter {invalid}: still refused:" in done.stderr
+    assert "ProvisionStatus" in done.stderr  # the violation, with its place
+    assert f"no dead letter {unknown}" in done.stderr
+    assert "0 of 2 dead letter(s) replayed" in done.stdout
+    listed = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
+    assert [(d["id"], d["replayed"], d["reason"]) for d in listed] == [
+        (invalid, None, "invalid")]  # not marked, no new letter for the refusal
+
+
+def test_replaying_every_dead_letter_goes_oldest_first_and_keeps_a_newer_snapshot(
+        tmp_path: Path) -> None:
+    """--all takes the outstanding letters in the order they came; a letter older than the
+    subscription's last change would set its snapshot back, so it waits for --force."""
+    from adapters.sql_store import SqlStore
+    from gateway.ports import Decision, HistoryEntry
+
+    env = env_for(tmp_path, "/queue/x")
+    activated = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+    stale = _letter(env, activated, {"message-id": "ID:old"})
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    store.record("2142426765", None, lambda record, ids: Decision(None, history=(
+        HistoryEntry("smile", "broker:ID:newer", None, None, None, {}),)))
+    store.close()
+    enabled = _letter(env, (SAMPLES / "SubscriptionEnabled.xml").read_bytes(),
+                      {"message-id": "ID:other"})
+    done = _replay(env, "--all")
+    assert done.returncode == 1
+    assert f"dead letter {stale}: not replayed: subscription 2142426765 changed at" in done.stderr
+    assert "--force" in done.stderr
+    assert f"dead letter {enabled}: accepted (usn 2142426764" in done.stdout
+    assert "1 of 2 dead letter(s) replayed" in done.stdout
+    forced = _replay(env, "--all", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"dead letter {stale}: accepted" in forced.stdout
+    assert "1 of 1 dead letter(s) replayed" in forced.stdout
+    assert _replay(env, "--all").stdout.strip().endswith("no outstanding dead letters")
+
+
+def test_a_dead_letter_already_recorded_counts_as_replayed(tmp_path: Path) -> None:
+    env = env_for(tmp_path, "/queue/x")
+    body = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+    first = _letter(env, body, {"message-id": "ID:twice"})
+    second = _letter(env, body, {"message-id": "ID:twice"})  # the broker redelivered it
+    done = _replay(env, str(first), str(second))
+    assert done.returncode == 0, done.stderr
+    assert (f"dead letter {second}: already recorded (a repeated delivery of usn 2142426765)"
+            in done.stdout)
+    assert "2 of 2 dead letter(s) replayed" in done.stdout
+
+
+def test_dead_letters_replay_asks_for_ids_or_all(tmp_path: Path) -> None:
+    env = env_for(tmp_path, "/queue/x")
+    for args in ((), ("1", "--all")):
+        done = _replay(env, *args)
+        assert done.returncode == 2 and "give dead letter ids or --all" in done.stderr
