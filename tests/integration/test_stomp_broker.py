@@ -293,6 +293,40 @@ def test_a_message_id_reused_for_another_document_is_a_dead_letter(
     assert bytes(dead["body"]) == other
 
 
+def test_a_dead_letter_is_replayed_as_the_broker_delivered_it_once_its_cause_is_fixed(
+        settings, codec, tmp_path, broker) -> None:
+    """A document over schema.max_bytes is a dead letter; with the limit raised, the replay
+    reads it by its delivery's headers (provisionRequestId) and message id, so the broker's
+    redelivery of the same message, also dead, counts as replayed without a second record."""
+    from adapters.smile_xml import SmileXmlCodec
+    from tests.conftest import XSD
+
+    queue = unique_queue("replay")
+    s = make_settings(settings, queue, broker)
+    body = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    small = replace(s, schema=replace(s.schema, max_bytes=len(body) - 1))
+    tight = make_service(small, SmileXmlCodec(XSD, len(body) - 1), tmp_path)
+    outcomes: list[str] = []
+    headers = {"smileMessageType": "SubscriptionReadyToProvision", "provisionRequestId": "41",
+               "gateway-message-id": "smile-41"}
+    with ConsumerThread(recording_consumer(small, tight, outcomes)):
+        for _ in range(2):
+            send(queue, body, headers, broker=broker)
+        wait_until(lambda: len(outcomes) == 2, 20, what="two deliveries")
+    assert outcomes == ["dead-letter", "dead-letter"]
+    first, again = (d["id"] for d in tight.store.dead_letters())
+    assert tight.store.subscription("2142426762") is None
+    service = make_service(s, codec, tmp_path)  # the limit raised: the cause fixed
+    replays = [service.replay_dead_letter(first), service.replay_dead_letter(again)]
+    assert [(r.outcome, r.usn) for r in replays] == [("accepted", "2142426762"),
+                                                     ("duplicate", "2142426762")]
+    assert service.store.subscription("2142426762").provision_request_id == 41
+    assert [h["eventId"] for h in service.store.history("2142426762")] == [
+        "broker:smile-41"] * len(service.store.history("2142426762"))
+    assert service.store.outstanding_dead_letters() == []
+    assert service.replay_dead_letter(first).outcome == "replayed before"
+
+
 def test_a_content_type_charset_on_a_message_decides_over_the_declaration(
         settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("charset")
