@@ -339,10 +339,11 @@ class SqlStoreBase:
             "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? WHERE id = ?",
             (self.clock(), outcome, letter_id)))
 
-    def dead_letter_counts(self) -> dict[str, int]:
+    def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
         rows = self._read(lambda c: c.execute(
-            "SELECT source, COUNT(*) FROM dead_letters GROUP BY source").fetchall())
-        return {source: n for source, n in rows}
+            "SELECT source, COUNT(*), COUNT(*) - COUNT(replayed_at) FROM dead_letters "
+            "GROUP BY source").fetchall())
+        return {source: (int(kept), int(outstanding)) for source, kept, outstanding in rows}
 
     @staticmethod
     def _letter(row: tuple[Any, ...]) -> dict[str, Any]:

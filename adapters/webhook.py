@@ -161,8 +161,8 @@ def _translate(exc: Exception) -> Response:
 
 
 class _StoreCollector:
-    """Outbox sizes per channel and status, and dead letters per source, read from the store
-    at scrape time."""
+    """Outbox sizes per channel and status, and dead letters per source (all, and those not
+    replayed), read from the store at scrape time."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -173,15 +173,20 @@ class _StoreCollector:
         letters = GaugeMetricFamily("smile_gateway_dead_letters",
                                     "Inbound documents refused and kept, by source",
                                     labels=["source"])
+        outstanding = GaugeMetricFamily("smile_gateway_dead_letters_outstanding",
+                                        "Dead letters not replayed, by source",
+                                        labels=["source"])
         try:
             for (channel, status), count in sorted(self.store.counts().items()):
                 family.add_metric([channel, status], count)
-            for source, count in sorted(self.store.dead_letter_counts().items()):
-                letters.add_metric([source], count)
+            for source, (kept, waiting) in sorted(self.store.dead_letter_counts().items()):
+                letters.add_metric([source], kept)
+                outstanding.add_metric([source], waiting)
         except StoreError:
             pass
         yield family
         yield letters
+        yield outstanding
 
 
 def create_app(service: GatewayService, settings: Settings,

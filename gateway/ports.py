@@ -211,8 +211,8 @@ class Store(Protocol):
         """Record that the letter was replayed and what came of it; the letter is kept."""
         ...
 
-    def dead_letter_counts(self) -> dict[str, int]:
-        """Dead letters per source."""
+    def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
+        """Dead letters per source: (all kept, those not replayed)."""
         ...
 
     def counts(self) -> dict[tuple[str, str], int]:

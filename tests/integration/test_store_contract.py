@@ -215,7 +215,7 @@ def test_dead_letters_keep_their_bytes(store) -> None:
     assert len(letters[1]["reason"]) <= 2000
     assert store.dead_letter(first) == letters[0]
     assert store.dead_letter(second + 1) is None
-    assert store.dead_letter_counts() == {"broker": 1, "webhook": 1}
+    assert store.dead_letter_counts() == {"broker": (1, 1), "webhook": (1, 1)}
 
 
 def test_history_comes_oldest_first_and_limited_to_the_newest(store) -> None:
@@ -243,3 +243,4 @@ def test_a_replayed_dead_letter_is_kept_marked_and_no_longer_outstanding(store) 
     assert marked["replayed"]["outcome"] == "accepted" and marked["replayed"]["at"] > 0
     assert marked["body"] == b"<b/>" and marked["reason"] == "invalid"  # kept as it came
     assert [d["id"] for d in store.dead_letters()] == [first, second, third]
+    assert store.dead_letter_counts() == {"broker": (3, 2)}

@@ -431,10 +431,15 @@ def test_metrics_count_the_outbox_and_the_dead_letters_from_the_store(settings, 
     client, service = build(settings, codec, tmp_path)
     assert "# TYPE smile_gateway_dead_letters gauge" in client.get("/metrics").data.decode()
     service.store.add_dead_letter("broker", "not well-formed", {}, b"<")
-    service.store.add_dead_letter("broker", "unknown smileMessageType", {}, b"<x/>")
+    replayed = service.store.add_dead_letter("broker", "unknown smileMessageType", {}, b"<x/>")
     seed(client)
     metrics = client.get("/metrics").data.decode()
     assert 'smile_gateway_dead_letters{source="broker"} 2.0' in metrics
+    assert 'smile_gateway_dead_letters_outstanding{source="broker"} 2.0' in metrics
+    service.store.mark_dead_letter_replayed(replayed, "accepted")
+    metrics = client.get("/metrics").data.decode()
+    assert 'smile_gateway_dead_letters{source="broker"} 2.0' in metrics  # kept: never falls
+    assert 'smile_gateway_dead_letters_outstanding{source="broker"} 1.0' in metrics
     client.post("/orders/events", json={"eventId": "e-m", "usn": "2142426762",
                                         "vocabulary": "order", "state": "accepted"})
     metrics = client.get("/metrics").data.decode()
