@@ -129,6 +129,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+# What /readyz asks to be free on the disk of a SQLite store: a commit appends a few pages
+# to the WAL (and a checkpoint copies them back), so below this the next writes fail.
+MIN_FREE_BYTES = 4 * 1024 * 1024
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///var/gateway.db` (relative to the working directory), `sqlite:////abs/path`,
     or `sqlite:///:memory:`."""
@@ -184,11 +189,12 @@ class SqlStore(SqlStoreBase):
     """The Store port on SQLite."""
 
     def __init__(self, url: str, clock: Callable[[], float] = time.time,
-                 busy_timeout_ms: int = 10_000) -> None:
+                 busy_timeout_ms: int = 10_000, min_free_bytes: int = MIN_FREE_BYTES) -> None:
         self.url = url
         self.path = sqlite_path(url)
         self.clock = clock
         self.busy_timeout_ms = busy_timeout_ms
+        self.min_free_bytes = min_free_bytes
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -436,6 +442,22 @@ class SqlStore(SqlStoreBase):
                     conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot prepare the store {self.url}: {exc}") from exc
+
+    def ping(self) -> None:
+        """Reads work on a full disk while every commit fails: readiness also asks the
+        disk for room (what is free to this process, as a write would find it)."""
+        super().ping()
+        if self.path == ":memory:":
+            return
+        try:
+            disk = os.statvfs(Path(self.path).resolve().parent)
+        except OSError as exc:
+            raise StoreError(f"store unavailable: {exc}") from exc
+        free = disk.f_bavail * disk.f_frsize
+        if free < self.min_free_bytes:
+            raise StoreError(f"{free // 1024} KiB free on the store's disk ({self.path}), "
+                             f"under the {self.min_free_bytes // 1024} KiB readiness asks for: "
+                             "commits fail once it is full")
 
     def lock_for_serving(self) -> None:
         # Two processes relaying from one SQLite file would both claim a subscription's rows

@@ -402,3 +402,17 @@ def test_a_serving_relay_waits_for_a_publish_that_is_sending(tmp_path: Path, set
         stop.set()
         thread.join(10)
         serving.close()
+
+
+def test_readiness_fails_while_the_stores_disk_has_no_room_to_commit(tmp_path: Path) -> None:
+    """A full disk fails every write with 503 while reads still work: the readiness check
+    (ping) says so, by the disk's real free space against what a commit needs."""
+    roomy = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    roomy.ping()
+    roomy.close()
+    # more room asked for than any disk has: this disk is "full" for it
+    full = SqlStore(f"sqlite:///{tmp_path / 'g.db'}", min_free_bytes=2 ** 62)
+    with pytest.raises(StoreError, match=r"free on the store's disk \(.*g\.db\), under the"):
+        full.ping()
+    full.close()
+    SqlStore("sqlite:///:memory:", min_free_bytes=2 ** 62).ping()  # no disk to fill
