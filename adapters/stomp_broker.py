@@ -24,7 +24,7 @@ from typing import Any
 import stomp
 import stomp.exception
 
-from gateway.config import BrokerSettings, InboundSettings
+from gateway.config import BrokerSettings, InboundSettings, endpoint_text
 from gateway.errors import PublishError, StoreError, clip
 from gateway.ports import Envelope, PublishOutcome
 from gateway.relay import Backoff
@@ -45,9 +45,9 @@ logging.getLogger("stomp.py").addFilter(_NoConnectWarnings())  # stomp.py's one 
 STOMP_ERRORS = (stomp.exception.StompException, OSError)
 
 
-def _connection(broker: BrokerSettings) -> stomp.Connection12:
+def _connection(broker: BrokerSettings, host: str, port: int) -> stomp.Connection12:
     return stomp.Connection12(
-        [(broker.host, broker.port)],
+        [(host, port)],
         heartbeats=(broker.heartbeat_ms, broker.heartbeat_ms),
         vhost=broker.vhost,
         auto_decode=False,
@@ -79,9 +79,25 @@ class _Handshake(stomp.ConnectionListener):  # type: ignore[misc]
 
 
 def _open(broker: BrokerSettings, headers: dict[str, str]) -> stomp.Connection12:
-    """A connection that got its CONNECTED frame within the receipt timeout; else the
-    connection is dropped and a StompException says why."""
-    conn = _connection(broker)
+    """A connection to the first of broker.host:port and the failover brokers that answers
+    CONNECT with CONNECTED within the receipt timeout; else a StompException names each
+    one tried and why it failed."""
+    failures = []
+    for host, port in broker.endpoints:
+        try:
+            return _open_one(broker, host, port, headers)
+        except STOMP_ERRORS as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    reasons = "; ".join(str(exc).removeprefix("cannot connect to ") for exc in failures)
+    raise stomp.exception.ConnectFailedException(f"cannot connect to any broker: {reasons}")
+
+
+def _open_one(broker: BrokerSettings, host: str, port: int,
+              headers: dict[str, str]) -> stomp.Connection12:
+    where = f"cannot connect to {endpoint_text(host, port)}"
+    conn = _connection(broker, host, port)
     handshake = _Handshake()
     conn.set_listener("handshake", handshake)
     try:
@@ -91,8 +107,8 @@ def _open(broker: BrokerSettings, headers: dict[str, str]) -> stomp.Connection12
             # the socket was open and sending CONNECT failed: the peer hung up (its reader
             # tells in a moment), which says more than the send's own error
             handshake.done.wait(0.5)
-        why = _connect_failure(broker, exc) if handshake.error is None else \
-            f"cannot connect to {broker.host}:{broker.port}: {handshake.error}"
+        why = _connect_failure(broker, host, port, exc) if handshake.error is None else \
+            f"{where}: {handshake.error}"
         _quietly_disconnect(conn)
         raise stomp.exception.ConnectFailedException(why) from exc
     timeout = max(1.0, broker.receipt_timeout_s)
@@ -100,10 +116,15 @@ def _open(broker: BrokerSettings, headers: dict[str, str]) -> stomp.Connection12
         why = handshake.error or (f"no answer to CONNECT within {timeout:g}s (is it a STOMP "
                                   "port?)")
         _quietly_disconnect(conn)
-        raise stomp.exception.ConnectFailedException(
-            f"cannot connect to {broker.host}:{broker.port}: {why}")
+        raise stomp.exception.ConnectFailedException(f"{where}: {why}")
     conn.remove_listener("handshake")
     return conn
+
+
+def _endpoint_of(conn: stomp.Connection12) -> str:
+    """Where a connection opened by _open is connected."""
+    host, port = conn.transport.current_host_and_port or ("?", 0)
+    return endpoint_text(host, port)
 
 
 class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
@@ -152,14 +173,14 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _connect_failure(broker: BrokerSettings, exc: BaseException) -> str:
+def _connect_failure(broker: BrokerSettings, host: str, port: int, exc: BaseException) -> str:
     """Why the connection could not be opened: stomp.py's ConnectFailedException says
     nothing (it logs the socket's error and drops it), so the address is tried once more."""
-    where = f"cannot connect to {broker.host}:{broker.port}"
+    where = f"cannot connect to {endpoint_text(host, port)}"
     if str(exc):
         return f"{where}: {exc}"
     try:
-        with socket.create_connection((broker.host, broker.port),
+        with socket.create_connection((host, port),
                                       timeout=min(2.0, broker.receipt_timeout_s)):
             pass
     except OSError as err:
@@ -191,7 +212,7 @@ class StompPublisher:
         tracker = _Tracker()
         conn.set_listener("tracker", tracker)
         self._conn, self._tracker = conn, tracker
-        log.info("publisher connected broker=%s:%d", self.broker.host, self.broker.port)
+        log.info("publisher connected broker=%s", _endpoint_of(conn))
         return conn
 
     def publish(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
@@ -382,7 +403,8 @@ class StompConsumer:
         self._conn = conn
         conn.subscribe(self.inbound.destination, id="inbound", ack="client-individual",
                        headers=sub_headers)
-        log.info("consumer subscribed destination=%s", self.inbound.destination)
+        log.info("consumer subscribed destination=%s broker=%s", self.inbound.destination,
+                 _endpoint_of(conn))
 
     def _lost(self, why: str) -> None:
         if not self._lost_event.is_set():

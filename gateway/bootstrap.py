@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from adapters.smile_xml import SmileXmlCodec
 from gateway.batch import Checker
-from gateway.config import POSTGRES_SCHEMES, Settings
+from gateway.config import POSTGRES_SCHEMES, Settings, endpoint_text
 from gateway.domain import SubscriptionProvisionResponse
 from gateway.ports import BROKER, FORWARD, Forwarder, InMemoryRequestIds, Publisher, RequestIds
 from gateway.retention import Pruner
@@ -138,9 +138,14 @@ def ready_checks(runtime: Runtime) -> dict[str, Callable[[], None]]:
                         else None, runtime.consumer.last_failure if runtime.consumer else None]
             for failure in filter(None, failures):
                 raise RuntimeError(failure)
-            with socket.create_connection((settings.broker.host, settings.broker.port),
-                                          timeout=1.0):
-                pass
+            refused = []
+            for host, port in settings.broker.endpoints:  # any one listed that listens
+                try:
+                    with socket.create_connection((host, port), timeout=1.0):
+                        return
+                except OSError as exc:
+                    refused.append(f"{endpoint_text(host, port)}: {exc.strerror or exc}")
+            raise RuntimeError("cannot connect to " + "; ".join(refused))
 
         checks["broker"] = broker
     return checks

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TextIO, TypeVar
 
 from gateway import __version__, batch
-from gateway.config import CONFIG_ENV, Settings, load_settings, redact_url
+from gateway.config import CONFIG_ENV, Settings, endpoint_text, load_settings, redact_url
 from gateway.domain import LONG_RANGE, MESSAGE_TYPES, SubscriptionFeaturesUpdate
 from gateway.errors import (
     ConfigError,
@@ -308,8 +308,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                       f"{item.last_error or relay.last_failure or 'no receipt yet'}; "
                       f"outbox id {item.id}",
                       file=sys.stderr)
-        print(f"{confirmed} of {len(ids)} confirmed by the broker at "
-              f"{settings.broker.host}:{settings.broker.port}")
+        brokers = " or ".join(endpoint_text(*where) for where in settings.broker.endpoints)
+        print(f"{confirmed} of {len(ids)} confirmed by the broker at {brokers}")
         return EXIT_OK if confirmed == len(ids) else EXIT_INVALID
     finally:
         runtime.close()

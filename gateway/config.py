@@ -78,6 +78,13 @@ class BrokerSettings:
     reconnect_initial_s: float
     reconnect_max_s: float
     password: str = ""
+    # brokers tried in turn after host:port when it cannot be reached (a standby, a cluster)
+    failover: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Where to connect, in the order to try: host:port, then the failover ones."""
+        return ((self.host, self.port), *self.failover)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,7 +311,7 @@ def _section(cls: type[T], raw: Any, name: str) -> T:
     for key in raw:
         if key not in names:
             raise ConfigError(f"{name}.{key}", "unknown key", names)
-    values = {}
+    values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if field.name not in raw:
             if field.default is dataclasses.MISSING:
@@ -313,6 +320,8 @@ def _section(cls: type[T], raw: Any, name: str) -> T:
         kind = hints[field.name]
         if field.name == "message_types":
             values[field.name] = _message_types(raw[field.name], f"{name}.{field.name}")
+        elif name == "broker" and field.name == "failover":
+            values[field.name] = _endpoints(raw[field.name], f"{name}.{field.name}")
         else:
             values[field.name] = _coerce(raw[field.name], kind, f"{name}.{field.name}")
     return cls(**values)
@@ -327,6 +336,38 @@ def _message_types(raw: Any, key: str) -> dict[str, bool]:
             raise ConfigError(f"{key}.{message_type}", "unknown message type", MESSAGE_TYPES)
         out[message_type] = _coerce(on, bool, f"{key}.{message_type}")
     return out
+
+
+_HOST_PORT = ("HOST:PORT", "[IPV6]:PORT")
+
+
+def endpoint_text(host: str, port: int) -> str:
+    """HOST:PORT as written, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _endpoints(raw: Any, key: str) -> tuple[tuple[str, int], ...]:
+    """A list of "HOST:PORT" (an IPv6 address in brackets), or the same comma-separated."""
+    items = [part for part in raw.split(",") if part.strip()] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ConfigError(key, f"expected a list of HOST:PORT, found {raw!r}", _HOST_PORT)
+    out: list[tuple[str, int]] = []
+    for item in (item.strip() for item in items):
+        if item.startswith("["):
+            host, close, port = item[1:].partition("]")
+            ok = bool(close) and port.startswith(":")
+            port = port[1:]
+        else:
+            host, colon, port = item.rpartition(":")
+            ok = bool(colon) and ":" not in host
+        if not (ok and host.strip() and port.isascii() and port.isdigit()):
+            raise ConfigError(key, f"{item!r} is not HOST:PORT", _HOST_PORT)
+        if not 1 <= int(port) <= 65535:
+            raise ConfigError(key, f"{item!r}: the port must be from 1 to 65535")
+        if any(host.lower() == seen.lower() and int(port) == number for seen, number in out):
+            raise ConfigError(key, f"{item!r} is listed twice")
+        out.append((host, int(port)))
+    return tuple(out)
 
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -464,6 +505,11 @@ def load_settings(path: str | Path | None = None,
     for name, key in _NAMED:
         if not getattr(sections[name], key).strip():
             raise ConfigError(f"{name}.{key}", "must not be empty")
+    broker = sections["broker"]
+    for host, port in broker.failover:
+        if host.lower() == broker.host.lower() and port == broker.port:
+            raise ConfigError("broker.failover", f"{endpoint_text(host, port)!r} is "
+                              "broker.host:broker.port itself: list the other brokers")
     usn_path = sections["webhook"].tmf622_usn_path
     if not all(part.strip() for part in usn_path.split(".")):
         raise ConfigError("webhook.tmf622_usn_path", f"{usn_path!r} is not a dotted path of "

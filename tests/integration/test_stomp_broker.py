@@ -501,6 +501,79 @@ def test_a_publisher_names_why_it_cannot_connect_and_does_not_hang(settings, ans
         endpoint.close()
 
 
+def unused_port() -> int:
+    with socket.socket() as unused:  # a port that nothing listens on: a connect is refused
+        unused.bind(("127.0.0.1", 0))
+        return unused.getsockname()[1]
+
+
+def test_the_relay_and_the_consumer_fail_over_to_the_next_broker_listed(
+        settings, codec, tmp_path, broker) -> None:
+    """broker.host:port down (a failed primary), a silent address next (a load balancer
+    before a dead node): both are passed over for the first listed broker that answers."""
+    silent = Endpoint("silent")
+    queue = unique_queue("failover")
+    s = make_settings(settings, queue, broker)
+    s = replace(s, broker=replace(s.broker, port=unused_port(), receipt_timeout_s=1.0,
+                                  failover=(("127.0.0.1", silent.port),
+                                            ("127.0.0.1", broker.port))))
+    service = make_service(s, codec, tmp_path)
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    try:
+        usn = seed(service)
+        service.apply_state_change(StateChange("evt-failover", usn, "order", "inProgress"))
+        assert relay.drain(time.time() + 30) == 1
+        [item] = service.store.outbox()
+        assert item.status == SENT
+        [frame] = receive(queue, 1, timeout=20, broker=broker)
+        assert frame.headers["gateway-message-id"] == item.message_id
+        outcomes: list[str] = []
+        with ConsumerThread(recording_consumer(s, service, outcomes)):
+            send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
+                 {"smileMessageType": "SubscriptionActivated"}, broker=broker)
+            wait_until(lambda: outcomes == ["accepted"], 30, what="the consumed message")
+    finally:
+        relay.publisher.close()
+        silent.close()
+
+
+def test_readiness_takes_any_listed_broker_that_listens(settings, tmp_path) -> None:
+    from gateway.bootstrap import bootstrap, ready_checks
+
+    down, listening = unused_port(), Endpoint("silent")
+    store = replace(settings.store, url=f"sqlite:///{tmp_path / 'g.db'}")
+    s = replace(settings, store=store,
+                emission=replace(settings.emission, enabled=True),
+                broker=replace(settings.broker, port=down,
+                               failover=(("127.0.0.1", listening.port),)))
+    runtime = bootstrap(s)
+    try:
+        ready_checks(runtime)["broker"]()  # the second one listens
+        listening.close()
+        with pytest.raises(RuntimeError) as caught:
+            ready_checks(runtime)["broker"]()
+    finally:
+        runtime.close()
+    assert str(caught.value) == (f"cannot connect to 127.0.0.1:{down}: Connection refused; "
+                                 f"127.0.0.1:{listening.port}: Connection refused")
+
+
+def test_when_no_broker_listed_answers_each_is_named_with_why(settings) -> None:
+    down, silent = unused_port(), Endpoint("silent")
+    broker = replace(settings.broker, port=down, receipt_timeout_s=1.0,
+                     failover=(("127.0.0.1", silent.port),))
+    publisher = StompPublisher(broker)
+    try:
+        with pytest.raises(PublishError) as caught:
+            publisher.publish([Envelope(1, "/queue/x", {}, b"<x/>")])
+    finally:
+        publisher.close()
+        silent.close()
+    assert str(caught.value) == (
+        f"cannot connect to any broker: 127.0.0.1:{down}: Connection refused; "
+        f"127.0.0.1:{silent.port}: no answer to CONNECT within 1s (is it a STOMP port?)")
+
+
 def idle_consumer(settings: Settings, broker: BrokerSettings) -> StompConsumer:
     return StompConsumer(broker, settings.inbound, lambda h, b: "accepted",
                          lambda h, b, why: None)

@@ -36,6 +36,20 @@ def test_environment_overrides_any_key_with_json_values() -> None:
     assert s.emission.destination == "/topic/Smile"
 
 
+def test_failover_brokers_are_tried_after_the_first(tmp_path: Path) -> None:
+    assert load_settings(None, {}).broker.endpoints == (("127.0.0.1", 61613),)
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("broker:\n  host: b1\n  failover: ['b2:61613', '[::1]:61614', "
+                   "'B1:61614']\n")
+    assert load_settings(cfg, {}).broker.endpoints == (
+        ("b1", 61613), ("b2", 61613), ("::1", 61614), ("B1", 61614))
+    # from the environment: a JSON list, or the same comma-separated
+    for value in ('["b2:61613", "b3:61615"]', "b2:61613, b3:61615"):
+        s = load_settings(None, {"GATEWAY_BROKER__FAILOVER": value})
+        assert s.broker.endpoints[1:] == (("b2", 61613), ("b3", 61615))
+    assert load_settings(None, {"GATEWAY_BROKER__FAILOVER": ""}).broker.failover == ()
+
+
 def test_a_file_only_needs_the_keys_it_changes(tmp_path: Path) -> None:
     cfg = tmp_path / "site.yaml"
     cfg.write_text("store:\n  url: sqlite:////tmp/x.db\nbroker:\n  port: 61999\n")
@@ -119,6 +133,18 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
      "is not a URL: Port out of range 0-65535"),
     ("webhook:\n  tmf622_usn_path: event..externalId\n", "webhook.tmf622_usn_path",
      "'event..externalId' is not a dotted path of JSON member names"),
+    ("broker:\n  failover: [b2]\n", "broker.failover",
+     "'b2' is not HOST:PORT"),
+    ("broker:\n  failover: ['b2:0']\n", "broker.failover", "'b2:0': the port must be from 1"),
+    ("broker:\n  failover: ['b2:stomp']\n", "broker.failover", "'b2:stomp' is not HOST:PORT"),
+    ("broker:\n  failover: [':61613']\n", "broker.failover", "':61613' is not HOST:PORT"),
+    ("broker:\n  failover: ['[::1:61613']\n", "broker.failover", "is not HOST:PORT"),
+    ("broker:\n  failover: [61613]\n", "broker.failover", "expected a list of HOST:PORT"),
+    ("broker:\n  failover: {b2: 61613}\n", "broker.failover", "expected a list of HOST:PORT"),
+    ("broker:\n  failover: ['127.0.0.1:61613']\n", "broker.failover",
+     "'127.0.0.1:61613' is broker.host:broker.port itself"),
+    ("broker:\n  failover: ['b2:61613', 'b2:61613']\n", "broker.failover",
+     "'b2:61613' is listed twice"),
 ])
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     cfg = tmp_path / "bad.yaml"
