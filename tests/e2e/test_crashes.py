@@ -97,6 +97,44 @@ def test_a_broker_killed_mid_publish_loses_nothing(settings: Settings, codec, tm
     assert len(got) - len(set(got)) <= s.broker.max_in_flight  # resends bounded by one window
 
 
+def test_a_broker_killed_mid_publish_fails_over_to_the_next_and_loses_nothing(
+        settings: Settings, codec, tmp_path, own_broker: BrokerInstance) -> None:
+    """broker.host:port is a broker of its own, killed for good a quarter of the way in; the
+    relay goes on with the next one listed (the project's broker) and every message is on
+    one of the two: those the first had confirmed in its store, the rest on the second."""
+    queue = unique_queue("failover")
+    s = replace(settings,
+                broker=replace(settings.broker, port=CRASH_STOMP, receipt_timeout_s=5.0,
+                               reconnect_initial_s=0.2, reconnect_max_s=1.0, heartbeat_ms=1000,
+                               max_in_flight=100, failover=(("127.0.0.1", ACTIVEMQ.port),)),
+                emission=replace(settings.emission, enabled=True, destination=queue))
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    ids = queue_documents(store, s, codec, COUNT)
+    relay = BrokerRelay(store, StompPublisher(s.broker), s.emission, s.broker)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: sent(store) >= COUNT // 4, 60, what="a quarter confirmed")
+        own_broker.kill()
+        killed_at = sent(store)
+        wait_until(lambda: sent(store) == COUNT, 120, interval=0.2,
+                   what="all confirmed by the failover broker")
+    finally:
+        stop.set()
+        relay.wake.set()
+        thread.join(timeout=30)
+    assert killed_at < COUNT, "the kill came too late to test anything"
+    second = receive(queue, COUNT + 1000, timeout=60, idle=3.0)
+    own_broker.start()  # what the first confirmed is in its journal
+    first = receive(queue, COUNT + 1000, timeout=60, idle=3.0,
+                    broker=replace(ACTIVEMQ, port=CRASH_STOMP))
+    got = [f.headers["gateway-message-id"] for f in first + second]
+    assert len(first) >= killed_at and second, (len(first), len(second))
+    assert set(got) == ids  # every message arrived, on one broker or the other
+    assert len(got) - len(set(got)) <= s.broker.max_in_flight  # resends bounded by one window
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_gateway_killed_mid_run_drains_its_outbox_after_restart(
         settings: Settings, codec, tmp_path, kind: str) -> None:
