@@ -15,6 +15,7 @@ import contextlib
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -46,7 +47,7 @@ STOMP_ERRORS = (stomp.exception.StompException, OSError)
 
 
 def _connection(broker: BrokerSettings, host: str, port: int) -> stomp.Connection12:
-    return stomp.Connection12(
+    conn = stomp.Connection12(
         [(host, port)],
         heartbeats=(broker.heartbeat_ms, broker.heartbeat_ms),
         vhost=broker.vhost,
@@ -55,6 +56,21 @@ def _connection(broker: BrokerSettings, host: str, port: int) -> stomp.Connectio
         reconnect_attempts_max=1,
         timeout=max(1.0, broker.receipt_timeout_s),
     )
+    if broker.tls:
+        # stomp.py's TLS client context: the certificate and the host name are checked
+        conn.set_ssl(for_hosts=[(host, port)], ca_certs=broker.tls_ca_file or None,
+                     cert_file=broker.tls_cert_file or None,
+                     key_file=broker.tls_key_file or None)
+    return conn
+
+
+def _tls_context(broker: BrokerSettings) -> ssl.SSLContext:
+    """The context stomp.py builds from the same settings, for saying why a handshake
+    failed (stomp.py logs the reason and raises without it)."""
+    context = ssl.create_default_context(cafile=broker.tls_ca_file or None)
+    if broker.tls_cert_file:
+        context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file or None)
+    return context
 
 
 class _Handshake(stomp.ConnectionListener):  # type: ignore[misc]
@@ -181,8 +197,12 @@ def _connect_failure(broker: BrokerSettings, host: str, port: int, exc: BaseExce
         return f"{where}: {exc}"
     try:
         with socket.create_connection((host, port),
-                                      timeout=min(2.0, broker.receipt_timeout_s)):
-            pass
+                                      timeout=min(2.0, broker.receipt_timeout_s)) as sock:
+            if broker.tls:
+                _tls_context(broker).wrap_socket(sock, server_hostname=host).close()
+    except ssl.SSLError as err:
+        return f"{where}: TLS: {err.reason or _why(err)}" + (
+            f" ({err.verify_message})" if isinstance(err, ssl.SSLCertVerificationError) else "")
     except OSError as err:
         return f"{where}: {err.strerror or _why(err)}"
     return f"{where}: no STOMP CONNECTED frame came back"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,13 @@ class BrokerSettings:
     password: str = ""
     # brokers tried in turn after host:port when it cannot be reached (a standby, a cluster)
     failover: tuple[tuple[str, int], ...] = ()
+    # STOMP over TLS (a broker's stomp+ssl connector): the broker's certificate checked
+    # against tls_ca_file ("" = the system's CAs) and its host name; a client certificate
+    # (mutual TLS) from tls_cert_file, its key in tls_key_file ("" = in the same file)
+    tls: bool = False
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     @property
     def endpoints(self) -> tuple[tuple[str, int], ...]:
@@ -443,6 +451,36 @@ def _check_secrets_absent(data: Mapping[str, Any], source: str) -> None:
                               f"and remove the key from {source}")
 
 
+def _check_tls(broker: BrokerSettings) -> None:
+    """The TLS files exist and load, and none is given with TLS off (which would connect in
+    plain text to a broker its operator meant to reach over TLS)."""
+    files = {key: getattr(broker, key) for key in ("tls_ca_file", "tls_cert_file",
+                                                    "tls_key_file")}
+    for key, value in files.items():
+        if value and not broker.tls:
+            raise ConfigError(f"broker.{key}", "given while broker.tls is false: set "
+                              "broker.tls: true (the broker's stomp+ssl port) or remove it")
+        if value and not Path(value).is_file():
+            raise ConfigError(f"broker.{key}", f"no file at {value}")
+    if broker.tls_key_file and not broker.tls_cert_file:
+        raise ConfigError("broker.tls_key_file", "a key without broker.tls_cert_file")
+    if not broker.tls:
+        return
+    try:
+        context = ssl.create_default_context(cafile=broker.tls_ca_file or None)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError("broker.tls_ca_file", f"cannot load {broker.tls_ca_file} as PEM "
+                          f"certificates: {exc}") from exc
+    if broker.tls_cert_file:
+        try:
+            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file or None)
+        except (ssl.SSLError, OSError) as exc:
+            key = "broker.tls_key_file" if broker.tls_key_file else "broker.tls_cert_file"
+            raise ConfigError(key, f"cannot load the client certificate and its key "
+                              f"({broker.tls_cert_file}, {broker.tls_key_file or 'the same file'}"
+                              f"): {exc}") from exc
+
+
 def load_settings(path: str | Path | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults, then the file (`path`, else $GATEWAY_CONFIG, else ./config.yaml if present),
@@ -506,6 +544,7 @@ def load_settings(path: str | Path | None = None,
         if not getattr(sections[name], key).strip():
             raise ConfigError(f"{name}.{key}", "must not be empty")
     broker = sections["broker"]
+    _check_tls(broker)
     for host, port in broker.failover:
         if host.lower() == broker.host.lower() and port == broker.port:
             raise ConfigError("broker.failover", f"{endpoint_text(host, port)!r} is "

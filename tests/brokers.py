@@ -5,11 +5,14 @@ for the compatibility tests, the machine's RabbitMQ with its STOMP plugin
 from __future__ import annotations
 
 import os
+import select
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,3 +210,68 @@ class Endpoint:
         self.server.close()
         for client in self.held:
             client.close()
+
+
+def make_certificate(folder: Path, name: str, hosts: Sequence[str]) -> tuple[Path, Path]:
+    """A self-signed certificate (its own CA) for `hosts` (DNS names or IP addresses), and
+    its unencrypted key, made with openssl: (cert.pem, key.pem)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.pem", folder / f"{name}-key.pem"
+    names = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() else f"DNS:{h}" for h in hosts)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={hosts[0]}", "-addext", f"subjectAltName={names}",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class TlsFront:
+    """A TLS listener on loopback in front of a plain STOMP port, as a broker's stomp+ssl
+    connector is: each connection's bytes, decrypted, go to `target` and back. With
+    `client_ca`, a client certificate signed by it is required (mutual TLS)."""
+
+    def __init__(self, cert: Path, key: Path, target: int, client_ca: Path | None = None) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(client_ca)
+        self.server = socket.create_server((HOST, 0))
+        self.port = self.server.getsockname()[1]
+        self.target = target
+        self.refused: list[str] = []  # the handshakes that failed, and why
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(raw,), daemon=True).start()
+
+    def _relay(self, raw: socket.socket) -> None:
+        try:
+            client = self.context.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            self.refused.append(str(exc))
+            raw.close()
+            return
+        upstream = socket.create_connection((HOST, self.target))
+        try:  # one thread per connection: an SSL object is not for two threads at once
+            while True:
+                ready = [client] if client.pending() else \
+                    select.select([client, upstream], [], [])[0]
+                for source in ready:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    (upstream if source is client else client).sendall(data)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self) -> None:
+        self.server.close()

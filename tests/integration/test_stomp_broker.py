@@ -32,6 +32,8 @@ from tests.brokers import (
     RABBITMQ,
     Broker,
     Endpoint,
+    TlsFront,
+    make_certificate,
     receive,
     require_broker,
     send,
@@ -517,24 +519,32 @@ def test_the_relay_and_the_consumer_fail_over_to_the_next_broker_listed(
     s = replace(s, broker=replace(s.broker, port=unused_port(), receipt_timeout_s=1.0,
                                   failover=(("127.0.0.1", silent.port),
                                             ("127.0.0.1", broker.port))))
-    service = make_service(s, codec, tmp_path)
+    try:
+        publish_and_consume(s, make_service(s, codec, tmp_path), queue, broker)
+    finally:
+        silent.close()
+
+
+def publish_and_consume(s: Settings, service: GatewayService, queue: str,
+                        broker: Broker) -> None:
+    """One state change published by the relay and read back from `broker`, then one
+    message sent there taken by the consumer: both ways through `s.broker`."""
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     try:
         usn = seed(service)
-        service.apply_state_change(StateChange("evt-failover", usn, "order", "inProgress"))
+        service.apply_state_change(StateChange(f"evt-{queue}", usn, "order", "inProgress"))
         assert relay.drain(time.time() + 30) == 1
-        [item] = service.store.outbox()
-        assert item.status == SENT
-        [frame] = receive(queue, 1, timeout=20, broker=broker)
-        assert frame.headers["gateway-message-id"] == item.message_id
-        outcomes: list[str] = []
-        with ConsumerThread(recording_consumer(s, service, outcomes)):
-            send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
-                 {"smileMessageType": "SubscriptionActivated"}, broker=broker)
-            wait_until(lambda: outcomes == ["accepted"], 30, what="the consumed message")
     finally:
         relay.publisher.close()
-        silent.close()
+    [item] = service.store.outbox()
+    assert item.status == SENT
+    [frame] = receive(queue, 1, timeout=20, broker=broker)
+    assert frame.headers["gateway-message-id"] == item.message_id
+    outcomes: list[str] = []
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
+             {"smileMessageType": "SubscriptionActivated"}, broker=broker)
+        wait_until(lambda: outcomes == ["accepted"], 30, what="the consumed message")
 
 
 def test_readiness_takes_any_listed_broker_that_listens(settings, tmp_path) -> None:
@@ -572,6 +582,57 @@ def test_when_no_broker_listed_answers_each_is_named_with_why(settings) -> None:
     assert str(caught.value) == (
         f"cannot connect to any broker: 127.0.0.1:{down}: Connection refused; "
         f"127.0.0.1:{silent.port}: no answer to CONNECT within 1s (is it a STOMP port?)")
+
+
+def tls_settings(settings: Settings, queue: str, front: TlsFront, host: str = "localhost",
+                 **tls: str) -> Settings:
+    s = make_settings(settings, queue, ACTIVEMQ)
+    return replace(s, broker=replace(s.broker, host=host, port=front.port, tls=True,
+                                     receipt_timeout_s=2.0, **tls))
+
+
+def test_publishing_and_consuming_over_tls_check_the_brokers_certificate(
+        settings, codec, tmp_path, activemq) -> None:
+    cert, key = make_certificate(tmp_path / "tls", "broker", ["localhost", "127.0.0.1"])
+    client_cert, client_key = make_certificate(tmp_path / "tls", "gateway", ["smile-gateway"])
+    front = TlsFront(cert, key, activemq.port, client_ca=client_cert)  # mutual TLS
+    queue = unique_queue("tls")
+    s = tls_settings(settings, queue, front, tls_ca_file=str(cert),
+                     tls_cert_file=str(client_cert), tls_key_file=str(client_key))
+    try:
+        publish_and_consume(s, make_service(s, codec, tmp_path), queue, activemq)
+    finally:
+        front.close()
+    assert front.refused == []
+
+
+@pytest.mark.parametrize(("case", "why"), [
+    ("another CA", "TLS: CERTIFICATE_VERIFY_FAILED (self-signed certificate)"),
+    ("another name", "TLS: CERTIFICATE_VERIFY_FAILED (Hostname mismatch, certificate is not "
+                     "valid for 'localhost'.)"),
+    ("no client certificate", "the connection was closed before CONNECTED"),
+])
+def test_a_tls_broker_the_gateway_cannot_trust_or_that_refuses_it_is_named_with_why(
+        settings, tmp_path, activemq, case, why) -> None:
+    cert, key = make_certificate(tmp_path / "tls", "broker", ["localhost"])
+    other, _ = make_certificate(tmp_path / "tls", "other", ["localhost"])
+    misnamed, misnamed_key = make_certificate(tmp_path / "tls", "misnamed", ["broker.example"])
+    client_cert, _ = make_certificate(tmp_path / "tls", "gateway", ["smile-gateway"])
+    if case == "another name":
+        front, ca = TlsFront(misnamed, misnamed_key, activemq.port), misnamed
+    elif case == "another CA":
+        front, ca = TlsFront(cert, key, activemq.port), other
+    else:
+        front, ca = TlsFront(cert, key, activemq.port, client_ca=client_cert), cert
+    s = tls_settings(settings, "/queue/x", front, tls_ca_file=str(ca))
+    publisher = StompPublisher(s.broker)
+    try:
+        with pytest.raises(PublishError) as caught:
+            publisher.publish([Envelope(1, "/queue/x", {}, b"<x/>")])
+    finally:
+        publisher.close()
+        front.close()
+    assert str(caught.value) == f"cannot connect to localhost:{front.port}: {why}"
 
 
 def idle_consumer(settings: Settings, broker: BrokerSettings) -> StompConsumer:

@@ -238,3 +238,34 @@ def test_an_override_with_an_empty_part_is_named(name) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(None, {name: "1"})
     assert err.value.key == name and "empty" in err.value.problem
+
+
+def test_broker_tls_files_are_checked_at_start(tmp_path: Path) -> None:
+    from tests.brokers import make_certificate
+
+    cert, key = make_certificate(tmp_path, "broker", ["localhost"])
+    ok = load_settings(None, {"GATEWAY_BROKER__TLS": "true",
+                              "GATEWAY_BROKER__TLS_CA_FILE": str(cert),
+                              "GATEWAY_BROKER__TLS_CERT_FILE": str(cert),
+                              "GATEWAY_BROKER__TLS_KEY_FILE": str(key)}).broker
+    assert ok.tls and ok.tls_ca_file == str(cert)
+    assert load_settings(None, {"GATEWAY_BROKER__TLS": "true"}).broker.tls_ca_file == ""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for env, key_name, words in [
+        ({"GATEWAY_BROKER__TLS_CA_FILE": str(cert)}, "broker.tls_ca_file",
+         "given while broker.tls is false"),
+        ({"GATEWAY_BROKER__TLS": "true", "GATEWAY_BROKER__TLS_CA_FILE": str(tmp_path / "no")},
+         "broker.tls_ca_file", "no file at"),
+        ({"GATEWAY_BROKER__TLS": "true", "GATEWAY_BROKER__TLS_CA_FILE": str(junk)},
+         "broker.tls_ca_file", "cannot load"),
+        ({"GATEWAY_BROKER__TLS": "true", "GATEWAY_BROKER__TLS_KEY_FILE": str(key)},
+         "broker.tls_key_file", "a key without broker.tls_cert_file"),
+        ({"GATEWAY_BROKER__TLS": "true", "GATEWAY_BROKER__TLS_CERT_FILE": str(cert)},
+         "broker.tls_cert_file", "cannot load the client certificate"),  # no key in it
+        ({"GATEWAY_BROKER__TLS": "true", "GATEWAY_BROKER__TLS_CERT_FILE": str(cert),
+          "GATEWAY_BROKER__TLS_KEY_FILE": str(junk)}, "broker.tls_key_file", "cannot load"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(None, env)
+        assert str(caught.value).startswith(key_name) and words in str(caught.value), env
