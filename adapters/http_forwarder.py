@@ -174,6 +174,11 @@ class RequestsForwarder:
                 session.mount(scheme, _WatchedAdapter())
         return session
 
+    @property
+    def _client_certificate(self) -> str | tuple[str, str] | None:
+        cert, key = self.settings.cert_file, self.settings.key_file
+        return (cert, key) if cert and key else cert or None
+
     def forward(self, item: OutboxItem) -> None:
         headers = {"Content-Type": "application/json",
                    "Idempotency-Key": item.message_id,
@@ -187,8 +192,9 @@ class RequestsForwarder:
         with self._deadlines.call(timeout) as call:
             try:
                 with self.session.post(self.settings.url, data=item.body, headers=headers,
-                                       timeout=timeout, allow_redirects=False,
-                                       stream=True) as response:
+                                       timeout=timeout, allow_redirects=False, stream=True,
+                                       verify=self.settings.ca_file or True,
+                                       cert=self._client_certificate) as response:
                     status = response.status_code
                     head = _head(response)
                     self._deadlines.answered(call)

@@ -135,6 +135,11 @@ class ForwardSettings:
     backoff_s: float
     concurrency: int = 4
     token: str = ""
+    # an https url: its certificate checked against ca_file ("" = requests' CAs, certifi's);
+    # a client certificate (mutual TLS) from cert_file, its key in key_file ("" = the same)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,34 +456,33 @@ def _check_secrets_absent(data: Mapping[str, Any], source: str) -> None:
                               f"and remove the key from {source}")
 
 
-def _check_tls(broker: BrokerSettings) -> None:
-    """The TLS files exist and load, and none is given with TLS off (which would connect in
-    plain text to a broker its operator meant to reach over TLS)."""
-    files = {key: getattr(broker, key) for key in ("tls_ca_file", "tls_cert_file",
-                                                    "tls_key_file")}
-    for key, value in files.items():
-        if value and not broker.tls:
-            raise ConfigError(f"broker.{key}", "given while broker.tls is false: set "
-                              "broker.tls: true (the broker's stomp+ssl port) or remove it")
+def _check_tls_files(section: str, on: bool, off: str, ca: tuple[str, str],
+                     cert: tuple[str, str], key: tuple[str, str]) -> None:
+    """TLS files, each (its key name, its value): they exist and load as PEM, and none is
+    given while TLS is off (`off` says how to turn it on), which would connect in plain text
+    to a peer its operator meant to reach over TLS."""
+    for name, value in (ca, cert, key):
+        if value and not on:
+            raise ConfigError(f"{section}.{name}", f"given while {off}")
         if value and not Path(value).is_file():
-            raise ConfigError(f"broker.{key}", f"no file at {value}")
-    if broker.tls_key_file and not broker.tls_cert_file:
-        raise ConfigError("broker.tls_key_file", "a key without broker.tls_cert_file")
-    if not broker.tls:
+            raise ConfigError(f"{section}.{name}", f"no file at {value}")
+    if key[1] and not cert[1]:
+        raise ConfigError(f"{section}.{key[0]}", f"a key without {section}.{cert[0]}")
+    if not on:
         return
     try:
-        context = ssl.create_default_context(cafile=broker.tls_ca_file or None)
+        context = ssl.create_default_context(cafile=ca[1] or None)
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError("broker.tls_ca_file", f"cannot load {broker.tls_ca_file} as PEM "
-                          f"certificates: {exc}") from exc
-    if broker.tls_cert_file:
+        raise ConfigError(f"{section}.{ca[0]}", f"cannot load {ca[1]} as PEM certificates: "
+                          f"{exc}") from exc
+    if cert[1]:
         try:
-            context.load_cert_chain(broker.tls_cert_file, broker.tls_key_file or None)
+            context.load_cert_chain(cert[1], key[1] or None)
         except (ssl.SSLError, OSError) as exc:
-            key = "broker.tls_key_file" if broker.tls_key_file else "broker.tls_cert_file"
-            raise ConfigError(key, f"cannot load the client certificate and its key "
-                              f"({broker.tls_cert_file}, {broker.tls_key_file or 'the same file'}"
-                              f"): {exc}") from exc
+            name = key[0] if key[1] else cert[0]
+            raise ConfigError(f"{section}.{name}", f"cannot load the client certificate and "
+                              f"its key ({cert[1]}, {key[1] or 'the same file'}): {exc}"
+                              ) from exc
 
 
 def load_settings(path: str | Path | None = None,
@@ -544,7 +548,10 @@ def load_settings(path: str | Path | None = None,
         if not getattr(sections[name], key).strip():
             raise ConfigError(f"{name}.{key}", "must not be empty")
     broker = sections["broker"]
-    _check_tls(broker)
+    _check_tls_files("broker", broker.tls, "broker.tls is false: set broker.tls: true (the "
+                     "broker's stomp+ssl port) or remove it", ("tls_ca_file", broker.tls_ca_file),
+                     ("tls_cert_file", broker.tls_cert_file),
+                     ("tls_key_file", broker.tls_key_file))
     for host, port in broker.failover:
         if host.lower() == broker.host.lower() and port == broker.port:
             raise ConfigError("broker.failover", f"{endpoint_text(host, port)!r} is "
@@ -558,7 +565,11 @@ def load_settings(path: str | Path | None = None,
         raise ConfigError("inbound.dead_letter_destination",
                           f"{dead!r} is not a STOMP destination",
                           ("\"\" (store only)", "/queue/NAME", "/topic/NAME"))
-    forward_url = sections["forward"].url
+    forward = sections["forward"]
+    _check_tls_files("forward", forward.url.lower().startswith("https://"),
+                     "forward.url is not https://", ("ca_file", forward.ca_file),
+                     ("cert_file", forward.cert_file), ("key_file", forward.key_file))
+    forward_url = forward.url
     if forward_url:
         if problem := _url_problem(forward_url):
             raise ConfigError("forward.url", f"{forward_url!r} is not a URL: {problem}",

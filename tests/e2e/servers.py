@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -68,7 +69,7 @@ class OrderSystem:
     With `drip_s`, it answers each POST a byte every `drip_s` seconds, in a header line that
     never ends: every read of the answer returns well within its timeout."""
 
-    def __init__(self, drip_s: float | None = None) -> None:
+    def __init__(self, drip_s: float | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[dict[str, Any]] = []
         self.statuses: list[int] = []
         self.drip_s = drip_s
@@ -101,6 +102,9 @@ class OrderSystem:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/smile-events"
+        if tls is not None:  # HTTPS, by the name its certificate gives
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{self.server.server_address[1]}/smile-events"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> OrderSystem:

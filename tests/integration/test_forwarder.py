@@ -319,3 +319,62 @@ def test_each_sending_thread_has_its_own_session(settings: Settings) -> None:
     thread.start()
     thread.join(timeout=10)
     assert forwarder.session is mine and theirs and theirs[0] is not mine
+
+
+def _tls_sink(tmp_path: Path, client_ca: Path | None = None):
+    import ssl
+
+    from tests.brokers import make_certificate
+
+    cert, key = make_certificate(tmp_path / "tls", "orders", ["localhost"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return OrderSystem(tls=context), cert
+
+
+def _forward_once(settings: Settings, forward, codec, tmp_path: Path) -> str | None:
+    """One accepted document forwarded with `forward`: None when delivered, else why not."""
+    from adapters.sql_store import SqlStore
+
+    s = replace(settings, forward=forward)
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        service = GatewayService(s, codec, store,
+                                 Translator(s.mapping, codec, InMemoryRequestIds()))
+        accept(service)
+        ForwardRelay(store, RequestsForwarder(s.forward), s.forward).run_once()
+        [item] = store.outbox()
+        return None if item.status == SENT else item.last_error
+    finally:
+        store.close()
+
+
+def test_an_https_order_system_is_checked_against_forward_ca_file(settings, codec,
+                                                                  tmp_path) -> None:
+    sink, cert = _tls_sink(tmp_path)
+    with sink:
+        forward = replace(settings.forward, url=sink.url, attempts=1, backoff_s=0.0)
+        why = _forward_once(settings, forward, codec, tmp_path / "a")
+        assert why is not None and "CERTIFICATE_VERIFY_FAILED" in why  # not certifi's
+        assert _forward_once(settings, replace(forward, ca_file=str(cert)), codec,
+                             tmp_path / "b") is None
+    assert [r["json"]["usn"] for r in sink.received] == ["2142426765"]
+
+
+def test_an_order_system_that_asks_for_a_client_certificate_gets_forward_cert_file(
+        settings, codec, tmp_path) -> None:
+    from tests.brokers import make_certificate
+
+    client, client_key = make_certificate(tmp_path / "tls", "gateway", ["smile-gateway"])
+    sink, cert = _tls_sink(tmp_path, client_ca=client)
+    with sink:
+        forward = replace(settings.forward, url=sink.url, attempts=1, backoff_s=0.0,
+                          ca_file=str(cert))
+        assert _forward_once(settings, forward, codec, tmp_path / "a") is not None
+        assert _forward_once(settings, replace(forward, cert_file=str(client),
+                                               key_file=str(client_key)),
+                             codec, tmp_path / "b") is None
+    assert len(sink.received) == 1

@@ -269,3 +269,28 @@ def test_broker_tls_files_are_checked_at_start(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings(None, env)
         assert str(caught.value).startswith(key_name) and words in str(caught.value), env
+
+
+def test_forward_tls_files_are_checked_at_start(tmp_path: Path) -> None:
+    from tests.brokers import make_certificate
+
+    cert, key = make_certificate(tmp_path, "orders", ["orders.example"])
+    https = {"GATEWAY_FORWARD__URL": "https://orders.example/events"}
+    ok = load_settings(None, {**https, "GATEWAY_FORWARD__CA_FILE": str(cert),
+                              "GATEWAY_FORWARD__CERT_FILE": str(cert),
+                              "GATEWAY_FORWARD__KEY_FILE": str(key)}).forward
+    assert ok.ca_file == str(cert) and ok.key_file == str(key)
+    for env, key_name, words in [
+        ({"GATEWAY_FORWARD__URL": "http://orders.example/events",
+          "GATEWAY_FORWARD__CA_FILE": str(cert)}, "forward.ca_file",
+         "given while forward.url is not https://"),
+        ({"GATEWAY_FORWARD__CERT_FILE": str(cert)}, "forward.cert_file", "given while"),
+        ({**https, "GATEWAY_FORWARD__CA_FILE": str(tmp_path / "no.pem")}, "forward.ca_file",
+         "no file at"),
+        ({**https, "GATEWAY_FORWARD__KEY_FILE": str(key)}, "forward.key_file",
+         "a key without forward.cert_file"),
+        ({**https, "GATEWAY_FORWARD__CA_FILE": str(key)}, "forward.ca_file", "cannot load"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(None, env)
+        assert str(caught.value).startswith(key_name) and words in str(caught.value), env
