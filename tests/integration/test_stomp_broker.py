@@ -550,22 +550,28 @@ def publish_and_consume(s: Settings, service: GatewayService, queue: str,
 def test_readiness_takes_any_listed_broker_that_listens(settings, tmp_path) -> None:
     from gateway.bootstrap import bootstrap, ready_checks
 
-    down, listening = unused_port(), Endpoint("silent")
-    store = replace(settings.store, url=f"sqlite:///{tmp_path / 'g.db'}")
-    s = replace(settings, store=store,
-                emission=replace(settings.emission, enabled=True),
-                broker=replace(settings.broker, port=down,
-                               failover=(("127.0.0.1", listening.port),)))
-    runtime = bootstrap(s)
-    try:
-        ready_checks(runtime)["broker"]()  # the second one listens
-        listening.close()
-        with pytest.raises(RuntimeError) as caught:
+    down, also_down, listening = unused_port(), unused_port(), Endpoint("silent")
+
+    def check(failover: int, folder: str) -> None:
+        s = replace(settings,
+                    store=replace(settings.store, url=f"sqlite:///{tmp_path / folder / 'g.db'}"),
+                    emission=replace(settings.emission, enabled=True),
+                    broker=replace(settings.broker, port=down,
+                                   failover=(("127.0.0.1", failover),)))
+        runtime = bootstrap(s)
+        try:
             ready_checks(runtime)["broker"]()
+        finally:
+            runtime.close()
+
+    try:
+        check(listening.port, "a")  # the second one listens
     finally:
-        runtime.close()
+        listening.close()
+    with pytest.raises(RuntimeError) as caught:
+        check(also_down, "b")
     assert str(caught.value) == (f"cannot connect to 127.0.0.1:{down}: Connection refused; "
-                                 f"127.0.0.1:{listening.port}: Connection refused")
+                                 f"127.0.0.1:{also_down}: Connection refused")
 
 
 def test_when_no_broker_listed_answers_each_is_named_with_why(settings) -> None:
