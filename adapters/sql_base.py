@@ -318,9 +318,10 @@ class SqlStoreBase:
 
         return self._transact(work)
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+    def dead_letters(self, limit: int = 100, outstanding: bool = False) -> list[dict[str, Any]]:
+        which = "WHERE replayed_at IS NULL " if outstanding else ""
         rows = self._read(lambda c: c.execute(
-            f"SELECT {_LETTER} FROM dead_letters ORDER BY id DESC LIMIT ?",
+            f"SELECT {_LETTER} FROM dead_letters {which}ORDER BY id DESC LIMIT ?",
             (limit,)).fetchall())
         return [self._letter(row) for row in reversed(rows)]
 

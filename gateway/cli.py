@@ -392,7 +392,8 @@ def _iso(at: float) -> str:
 
 
 def cmd_dead_letters_list(args: argparse.Namespace) -> int:
-    letters = _from_store(args, lambda store: store.dead_letters(args.limit))
+    letters = _from_store(args, lambda store: store.dead_letters(args.limit,
+                                                                 args.outstanding))
     if args.format == "json":
         json.dump([{"id": d["id"], "at": _iso(d["at"]), "source": d["source"],
                     "reason": d["reason"], "headers": d["headers"], "bytes": len(d["body"]),
@@ -407,7 +408,7 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
         replayed = d["replayed"]["outcome"] if d["replayed"] else ""
         print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {replayed:9} "
               f"{len(d['body']):>7}  {reason[:120]}")
-    print(f"{len(letters)} dead letter(s)")
+    print(f"{len(letters)} dead letter(s)" + (" not replayed" if args.outstanding else ""))
     return EXIT_OK
 
 
@@ -691,6 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dl.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = dsub.add_parser("list", parents=[common], help="the newest dead letters, with reasons")
     p.add_argument("--limit", type=_count, default=100)
+    p.add_argument("--outstanding", action="store_true", help="only those not replayed")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_dead_letters_list)
     p = dsub.add_parser("show", parents=[common],

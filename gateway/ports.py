@@ -196,9 +196,9 @@ class Store(Protocol):
     def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],
                         body: bytes) -> int: ...
 
-    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest `limit`, oldest first: id, source, reason, headers, body, at, and
-        replayed (None, or {"at", "outcome"})."""
+    def dead_letters(self, limit: int = 100, outstanding: bool = False) -> list[dict[str, Any]]:
+        """The newest `limit` (with `outstanding`, of those not replayed), oldest first: id,
+        source, reason, headers, body, at, and replayed (None, or {"at", "outcome"})."""
         ...
 
     def dead_letter(self, letter_id: int) -> dict[str, Any] | None: ...

@@ -230,6 +230,8 @@ def test_a_dead_letter_is_replayed_once_its_cause_is_fixed(tmp_path: Path) -> No
     assert "0 of 1 dead letter(s) replayed" in again.stdout
     listed = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
     assert listed[0]["replayed"]["outcome"] == "accepted"
+    outstanding = run_cli(["dead-letters", "list", "--outstanding"], env=env)
+    assert outstanding.stdout.splitlines()[-1] == "0 dead letter(s) not replayed"
     table = run_cli(["dead-letters", "list"], env=env).stdout.splitlines()
     assert "accepted" in table[1]
     shown = run_cli(["dead-letters", "show", str(letter)], env=env)

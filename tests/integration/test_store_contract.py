@@ -244,3 +244,5 @@ def test_a_replayed_dead_letter_is_kept_marked_and_no_longer_outstanding(store) 
     assert marked["body"] == b"<b/>" and marked["reason"] == "invalid"  # kept as it came
     assert [d["id"] for d in store.dead_letters()] == [first, second, third]
     assert store.dead_letter_counts() == {"broker": (3, 2)}
+    assert [d["id"] for d in store.dead_letters(outstanding=True)] == [first, third]
+    assert [d["id"] for d in store.dead_letters(1, outstanding=True)] == [third]  # the newest
