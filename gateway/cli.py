@@ -525,10 +525,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signum, on_signal)
     for thread in threads:
         thread.start()
-    log.info("serving store=%s emission=%s inbound=%s forward=%s", redact_url(settings.store.url),
+    broker = settings.broker
+    brokers = "" if not (settings.emission.enabled or settings.inbound.enabled) else (
+        " broker=" + " or ".join(endpoint_text(*where) for where in broker.endpoints)
+        + (" (TLS)" if broker.tls else " (plain text)"))
+    log.info("serving store=%s emission=%s inbound=%s forward=%s%s",
+             redact_url(settings.store.url),
              "on" if settings.emission.enabled else "off (dry run)",
              settings.inbound.destination if settings.inbound.enabled else "off",
-             settings.forward.url or "off")
+             settings.forward.url or "off", brokers)
     try:
         server.run()
     except SystemExit:

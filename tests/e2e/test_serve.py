@@ -228,6 +228,21 @@ def test_a_worker_that_fails_unexpectedly_stops_the_gateway_with_exit_1(tmp_path
     assert "stopped because pruner failed" in done.stderr
 
 
+def test_serve_says_at_start_which_brokers_it_will_use(tmp_path: Path) -> None:
+    """With emission or inbound on, the start line names the brokers in the order tried, and
+    TLS; an operator reading the log knows where a message went without the config file."""
+    gw = GatewayProcess(tmp_path, {"GATEWAY_EMISSION__ENABLED": "true",
+                                   "GATEWAY_BROKER__PORT": "61999",
+                                   "GATEWAY_BROKER__FAILOVER": "standby.example:61998"}).start()
+    assert gw.stop() == 0
+    assert ("serving store=sqlite:///" in gw.log.read_text() and
+            "broker=127.0.0.1:61999 or standby.example:61998 (plain text)" in gw.log.read_text())
+    (tmp_path / "off").mkdir()
+    off = GatewayProcess(tmp_path / "off", {}).start()
+    assert off.stop() == 0
+    assert "broker=" not in off.log.read_text()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
 def test_sigint_and_sighup_stop_it_as_sigterm_does(tmp_path: Path, signum: int) -> None:
     gw = GatewayProcess(tmp_path, {}).start()
