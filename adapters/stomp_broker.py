@@ -378,8 +378,15 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
         self.consumer._lost("heart-beat timeout")
 
     def on_error(self, frame: Any) -> None:
-        log.error("broker ERROR on the consumer: %s",
-                  clip(frame.headers.get("message", "") or _text(frame.body)))
+        # STOMP 1.2: the broker closes the connection after an ERROR. RabbitMQ keeps it open
+        # after refusing a SUBSCRIBE, leaving a consumer subscribed to nothing: it is ended
+        # here either way, and reconnected after a backoff.
+        message = clip(frame.headers.get("message", "") or _text(frame.body))
+        log.error("broker ERROR on the consumer: %s", message)
+        self.consumer._refused(self.conn, f"broker ERROR: {message}")
+
+
+_REFUSAL_QUIET_S = 1.0
 
 
 class StompConsumer:
@@ -404,7 +411,9 @@ class StompConsumer:
         self._lost_event = threading.Event()
         self._inbox: queue.Queue[tuple[stomp.Connection12, Any]] = queue.Queue()
         self.processed = 0
-        self.last_failure: str | None = None  # why it could not connect, until it could
+        # why it could not connect or the broker refused it, until it could again
+        self.last_failure: str | None = None
+        self._error: str | None = None  # the broker's ERROR that ended this connection
 
     def _connect(self) -> None:
         topic = self.inbound.destination.startswith("/topic/")
@@ -425,6 +434,11 @@ class StompConsumer:
                        headers=sub_headers)
         log.info("consumer subscribed destination=%s broker=%s", self.inbound.destination,
                  _endpoint_of(conn))
+
+    def _refused(self, conn: stomp.Connection12, why: str) -> None:
+        if conn is self._conn:
+            self.last_failure = self._error = why
+            self._lost_event.set()
 
     def _lost(self, why: str) -> None:
         if not self._lost_event.is_set():
@@ -464,6 +478,7 @@ class StompConsumer:
     def run(self, stop: threading.Event) -> None:
         """Connect, subscribe, and reconnect with backoff until `stop` is set."""
         backoff = Backoff(self.broker.reconnect_initial_s, self.broker.reconnect_max_s)
+        refused: str | None = None  # the ERROR that ended the last connection
         while not stop.is_set():
             try:
                 self._connect()
@@ -473,9 +488,15 @@ class StompConsumer:
                 log.warning("consumer: %s; retrying in %.1fs", self.last_failure, delay)
                 stop.wait(delay)
                 continue
-            self.last_failure = None
-            backoff.reset()
+            # a refusal is answered at once (RabbitMQ's ERROR follows SUBSCRIBE within
+            # milliseconds): it stays the consumer's failure until a quiet second has passed
+            proven = time.monotonic() + _REFUSAL_QUIET_S
+            if refused is None and self._error is None:
+                self.last_failure = None
             while not stop.is_set() and not self._lost_event.is_set():
+                if refused is not None and self._error is None and time.monotonic() >= proven:
+                    self.last_failure = refused = None
+                    backoff.reset()
                 try:
                     conn, frame = self._inbox.get(timeout=0.2)
                 except queue.Empty:
@@ -487,6 +508,14 @@ class StompConsumer:
                 _quietly_disconnect(conn, self.broker.receipt_timeout_s if stop.is_set()
                                     else None)
             self._forget_queued()
+            error, self._error = self._error, None
+            refused = error
+            if error is None:
+                backoff.reset()  # a connection lost, not refused: reconnect at once
+            elif not stop.is_set():
+                delay = backoff.next_delay()
+                log.warning("consumer: %s; retrying in %.1fs", error, delay)
+                stop.wait(delay)
         log.info("consumer stopped")
 
     def _forget_queued(self) -> None:

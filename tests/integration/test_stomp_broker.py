@@ -646,6 +646,28 @@ def idle_consumer(settings: Settings, broker: BrokerSettings) -> StompConsumer:
                          lambda h, b, why: None)
 
 
+def test_a_subscription_the_broker_refuses_is_a_failure_retried_with_backoff(
+        settings, caplog) -> None:
+    """RabbitMQ answers a SUBSCRIBE to a destination it cannot take with an ERROR frame and
+    keeps the connection open: the consumer sat there subscribed to nothing, and /readyz
+    said ready. The ERROR now ends the connection, is the consumer's failure (readiness shows
+    it) and is retried with backoff, not at once."""
+    require_broker(RABBITMQ)
+    broker = replace(settings.broker, port=RABBITMQ.port, user=RABBITMQ.user,
+                     password=RABBITMQ.password, reconnect_initial_s=0.5, reconnect_max_s=1.0)
+    inbound = replace(settings.inbound, enabled=True, destination="/queue/a/b")
+    consumer = StompConsumer(broker, inbound, lambda h, b: "accepted", lambda h, b, why: None)
+    caplog.set_level("INFO", logger="adapters.stomp_broker")
+    with ConsumerThread(consumer):
+        wait_until(lambda: consumer.last_failure is not None, 20, what="the refusal")
+        assert consumer.last_failure == "broker ERROR: Invalid destination"
+        time.sleep(2.5)
+        assert consumer.last_failure == "broker ERROR: Invalid destination"  # still: /readyz
+    subscribes = caplog.text.count("consumer subscribed destination=/queue/a/b")
+    assert 2 <= subscribes <= 5, subscribes  # retried, 0.5 s then 1 s apart, not in a loop
+    assert "consumer: broker ERROR: Invalid destination; retrying in" in caplog.text
+
+
 def test_a_consumer_says_why_it_cannot_connect_and_stops_when_asked(settings, caplog) -> None:
     endpoint = Endpoint("silent")
     broker = replace(settings.broker, port=endpoint.port, receipt_timeout_s=1.0,
