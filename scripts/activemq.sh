@@ -8,6 +8,9 @@
 #   STOMP_PORT         STOMP listener on 127.0.0.1                [61613]
 #   OPENWIRE_PORT      OpenWire listener on 127.0.0.1 (JMS clients) [61616]
 #   ACTIVEMQ_HEAP      maximum Java heap                          [256m]
+#   STOMP_SSL_PORT     also a stomp+ssl listener on 127.0.0.1      [none]
+#   SSL_KEYSTORE       its certificate and key, a PKCS12 file (with STOMP_SSL_PORT)
+#   SSL_KEYSTORE_PASSWORD  the keystore's password                [changeit]
 #   START_TIMEOUT      seconds to wait for the STOMP port          [90]
 #
 # Debian's packaged instance listens on OpenWire only, sleeps in its init script and keeps a
@@ -21,6 +24,9 @@ BASE=${ACTIVEMQ_BASE:-$here/var/activemq}
 STOMP_PORT=${STOMP_PORT:-61613}
 OPENWIRE_PORT=${OPENWIRE_PORT:-61616}
 HEAP=${ACTIVEMQ_HEAP:-256m}
+STOMP_SSL_PORT=${STOMP_SSL_PORT:-}
+SSL_KEYSTORE=${SSL_KEYSTORE:-}
+SSL_KEYSTORE_PASSWORD=${SSL_KEYSTORE_PASSWORD:-changeit}
 START_TIMEOUT=${START_TIMEOUT:-90}
 HOME_DIR=/usr/share/activemq
 PIDFILE=$BASE/activemq.pid
@@ -57,6 +63,12 @@ install() {
 
 write_instance() {
   mkdir -p "$BASE/conf" "$BASE/data" "$BASE/tmp" "$BASE/log"
+  local ssl_context="" ssl_connector=""
+  if [ -n "$STOMP_SSL_PORT" ]; then
+    [ -f "$SSL_KEYSTORE" ] || { log "STOMP_SSL_PORT needs SSL_KEYSTORE (a PKCS12 file)"; exit 1; }
+    ssl_context="<sslContext><sslContext keyStore=\"file:$SSL_KEYSTORE\" keyStoreType=\"pkcs12\" keyStorePassword=\"$SSL_KEYSTORE_PASSWORD\"/></sslContext>"
+    ssl_connector="<transportConnector name=\"stomp+ssl\" uri=\"stomp+ssl://127.0.0.1:${STOMP_SSL_PORT}?transport.closeAsync=false\"/>"
+  fi
   cat > "$BASE/conf/activemq.xml" <<XML
 <beans xmlns="http://www.springframework.org/schema/beans"
        xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
@@ -83,6 +95,7 @@ write_instance() {
     <persistenceAdapter>
       <kahaDB directory="$BASE/data/kahadb"/>
     </persistenceAdapter>
+    ${ssl_context}
     <systemUsage>
       <systemUsage>
         <memoryUsage><memoryUsage limit="128 mb"/></memoryUsage>
@@ -93,6 +106,7 @@ write_instance() {
     <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:${STOMP_PORT}?transport.closeAsync=false"/>
       <transportConnector name="openwire" uri="tcp://127.0.0.1:${OPENWIRE_PORT}"/>
+      ${ssl_connector}
     </transportConnectors>
   </broker>
 </beans>

@@ -137,9 +137,11 @@ def send(destination: str, body: bytes, headers: dict[str, str],
 class BrokerInstance:
     """A broker of its own (own folder and ports), for tests that kill and restart it."""
 
-    def __init__(self, base: Path, stomp_port: int, openwire_port: int) -> None:
+    def __init__(self, base: Path, stomp_port: int, openwire_port: int,
+                 **extra: str) -> None:
+        """`extra`: more of scripts/activemq.sh's variables (STOMP_SSL_PORT, SSL_KEYSTORE)."""
         self.env = {**os.environ, "ACTIVEMQ_BASE": str(base), "STOMP_PORT": str(stomp_port),
-                    "OPENWIRE_PORT": str(openwire_port), "ACTIVEMQ_HEAP": "192m"}
+                    "OPENWIRE_PORT": str(openwire_port), "ACTIVEMQ_HEAP": "192m", **extra}
         self.stomp_port = stomp_port
 
     def _script(self, action: str) -> None:
