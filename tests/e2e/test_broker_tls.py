@@ -4,34 +4,26 @@ scripts/activemq.sh with a PKCS12 keystore made from an openssl certificate)."""
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from adapters.sql_store import SqlStore
-from adapters.stomp_broker import StompConsumer, StompPublisher
+from adapters.stomp_broker import StompPublisher
 from gateway.config import Settings
 from gateway.errors import PublishError
-from gateway.ports import SENT, Envelope, InMemoryRequestIds
-from gateway.relay import BrokerRelay
-from gateway.service import GatewayService, StateChange
-from gateway.translator import Translator
+from gateway.ports import Envelope
 from tests.brokers import (
     ACTIVEMQ,
     BrokerInstance,
     make_certificate,
     port_open,
-    receive,
     require_broker,
-    send,
     unique_queue,
     wait_until,
 )
-from tests.conftest import SAMPLES
+from tests.on_broker import make_service, publish_and_consume
 
 pytestmark = pytest.mark.broker
 TLS_STOMP, TLS_OPENWIRE, TLS_SSL = 61653, 61656, 61654
@@ -70,41 +62,11 @@ def tls_settings(settings: Settings, queue: str, ca: Path) -> Settings:
 def test_the_relay_and_the_consumer_speak_tls_to_activemqs_stomp_ssl_connector(
         settings, codec, tmp_path, tls_broker) -> None:
     _, cert = tls_broker
-    plain = replace(ACTIVEMQ, port=TLS_STOMP)  # the same broker, its plain listener
     queue = unique_queue("tls-amq")
     s = tls_settings(settings, queue, cert)
-    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
-    service = GatewayService(s, codec, store, Translator(s.mapping, codec, InMemoryRequestIds()))
-    service.accept_smile_document((SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes(),
-                                  "SubscriptionReadyToProvision", {"provisionRequestId": "7"})
-    service.apply_state_change(StateChange("evt-tls-amq", "2142426762", "order", "inProgress"))
-    relay = BrokerRelay(store, StompPublisher(s.broker), s.emission, s.broker)
-    try:
-        assert relay.drain(time.time() + 30) == 1
-    finally:
-        relay.publisher.close()
-    [item] = store.outbox()
-    assert item.status == SENT
-    [frame] = receive(queue, 1, timeout=20, broker=plain)
-    assert frame.headers["gateway-message-id"] == item.message_id
-    outcomes: list[str] = []
-
-    def handler(headers, body):
-        outcomes.append(service.consume(headers, body))
-        return outcomes[-1]
-
-    consumer = StompConsumer(s.broker, s.inbound, handler, lambda h, b, r: None)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
-             {"smileMessageType": "SubscriptionActivated"}, broker=plain)
-        wait_until(lambda: outcomes == ["accepted"], 30, what="the message over TLS")
-    finally:
-        stop.set()
-        thread.join(timeout=15)
-        store.close()
+    # published and consumed over TLS, read and sent by the test on the plain listener
+    publish_and_consume(s, make_service(s, codec, tmp_path), queue,
+                        replace(ACTIVEMQ, port=TLS_STOMP))
 
 
 def test_activemqs_certificate_not_trusted_is_named(settings, tmp_path, tls_broker) -> None:

@@ -18,14 +18,12 @@ from pathlib import Path
 import pytest
 
 from adapters.smile_xml import SmileXmlCodec
-from adapters.sql_store import SqlStore
 from adapters.stomp_broker import StompConsumer, StompPublisher
 from gateway.config import BrokerSettings, Settings
 from gateway.errors import PublishError
 from gateway.ports import BROKER, DEAD, PENDING, SENT, Envelope, NewOutboxItem
 from gateway.relay import BrokerRelay
-from gateway.service import GatewayService, StateChange
-from gateway.translator import Translator
+from gateway.service import StateChange
 from tests.brokers import (
     ACTIVEMQ,
     OPENWIRE_PORT,
@@ -41,6 +39,13 @@ from tests.brokers import (
     wait_until,
 )
 from tests.conftest import INVALID, SAMPLES
+from tests.on_broker import (
+    ConsumerThread,
+    make_service,
+    publish_and_consume,
+    recording_consumer,
+    seed,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -66,23 +71,6 @@ def make_settings(settings: Settings, queue: str, broker: Broker, **emission) ->
                    emission=replace(settings.emission, enabled=True, destination=queue,
                                     **emission),
                    inbound=replace(settings.inbound, enabled=True, destination=queue))
-
-
-def make_service(settings: Settings, codec: SmileXmlCodec, tmp_path: Path) -> GatewayService:
-    store = SqlStore(f"sqlite:///{tmp_path / 'gateway.db'}")
-    from gateway.ports import InMemoryRequestIds
-
-    return GatewayService(settings, codec, store,
-                          Translator(settings.mapping, codec, InMemoryRequestIds()))
-
-
-def seed(service: GatewayService, usn_suffix: str = "") -> str:
-    data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
-    if usn_suffix:
-        data = data.replace(b"<USN>2142426762</USN>", f"<USN>2142426762{usn_suffix}</USN>".encode())
-    result = service.accept_smile_document(data, "SubscriptionReadyToProvision",
-                                           {"provisionRequestId": "4242"})
-    return str(result["usn"])
 
 
 def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp_path, broker) -> None:
@@ -212,35 +200,6 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     assert sorted(f.headers["usn"] for f in frames) == ["u1", "u2"]
 
 
-def recording_consumer(s: Settings, service: GatewayService,
-                       outcomes: list[str]) -> StompConsumer:
-    """A consumer over the real service that notes each delivery's outcome."""
-
-    def handler(headers, body):
-        outcome = service.consume(headers, body)
-        outcomes.append(outcome)
-        return outcome
-
-    return StompConsumer(s.broker, s.inbound, handler,
-                         lambda h, b, r: service.dead_letter("broker", r, h, b))
-
-
-class ConsumerThread:
-    def __init__(self, consumer: StompConsumer) -> None:
-        self.consumer = consumer
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=consumer.run, args=(self.stop,), daemon=True)
-
-    def __enter__(self) -> ConsumerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=15)
-        assert not self.thread.is_alive()
-
-
 def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
         settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("consume")
@@ -300,7 +259,6 @@ def test_a_dead_letter_is_replayed_as_the_broker_delivered_it_once_its_cause_is_
     """A document over schema.max_bytes is a dead letter; with the limit raised, the replay
     reads it by its delivery's headers (provisionRequestId) and message id, so the broker's
     redelivery of the same message, also dead, counts as replayed without a second record."""
-    from adapters.smile_xml import SmileXmlCodec
     from tests.conftest import XSD
 
     queue = unique_queue("replay")
@@ -523,28 +481,6 @@ def test_the_relay_and_the_consumer_fail_over_to_the_next_broker_listed(
         publish_and_consume(s, make_service(s, codec, tmp_path), queue, broker)
     finally:
         silent.close()
-
-
-def publish_and_consume(s: Settings, service: GatewayService, queue: str,
-                        broker: Broker) -> None:
-    """One state change published by the relay and read back from `broker`, then one
-    message sent there taken by the consumer: both ways through `s.broker`."""
-    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
-    try:
-        usn = seed(service)
-        service.apply_state_change(StateChange(f"evt-{queue}", usn, "order", "inProgress"))
-        assert relay.drain(time.time() + 30) == 1
-    finally:
-        relay.publisher.close()
-    [item] = service.store.outbox()
-    assert item.status == SENT
-    [frame] = receive(queue, 1, timeout=20, broker=broker)
-    assert frame.headers["gateway-message-id"] == item.message_id
-    outcomes: list[str] = []
-    with ConsumerThread(recording_consumer(s, service, outcomes)):
-        send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
-             {"smileMessageType": "SubscriptionActivated"}, broker=broker)
-        wait_until(lambda: outcomes == ["accepted"], 30, what="the consumed message")
 
 
 def test_readiness_takes_any_listed_broker_that_listens(settings, tmp_path) -> None:
