@@ -295,15 +295,24 @@ class SqlStoreBase:
             if len(rows) < batch or rows[-1][3] >= before:
                 break
             after = int(rows[-1][0])
-        dedupe = 0
+        dedupe = self._delete_in_batches(
+            "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE at < ? "
+            "ORDER BY at LIMIT ?)", before, batch)
+        letters = self._delete_in_batches(  # settled ones: an outstanding one waits for replay
+            "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
+            "WHERE replayed_at < ? ORDER BY id LIMIT ?)", before, batch)
+        return {"outbox": outbox, "dedupe": dedupe, "dead_letters": letters}
+
+    def _delete_in_batches(self, sql: str, before: float, batch: int) -> int:
+        """Run a DELETE of at most `batch` rows older than `before`, a transaction each time,
+        until one deletes fewer; how many it deleted in all."""
+        total = 0
         while True:
-            deleted = self._transact(lambda conn: conn.execute(
-                "DELETE FROM dedupe WHERE key IN (SELECT key FROM dedupe WHERE at < ? "
-                "ORDER BY at LIMIT ?)", (before, batch)).rowcount)
-            dedupe += deleted
+            deleted = int(self._transact(
+                lambda conn: conn.execute(sql, (before, batch)).rowcount))
+            total += deleted
             if deleted < batch:
-                break
-        return {"outbox": outbox, "dedupe": dedupe}
+                return total
 
     # -- dead letters (inbound documents that cannot be accepted) ---------------------------
 
@@ -339,6 +348,12 @@ class SqlStoreBase:
         self._transact(lambda conn: conn.execute(
             "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? WHERE id = ?",
             (self.clock(), outcome, letter_id)))
+
+    def discard_dead_letter(self, letter_id: int, reason: str) -> bool:
+        return bool(self._transact(lambda conn: conn.execute(
+            "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? "
+            "WHERE id = ? AND replayed_at IS NULL",
+            (self.clock(), clip(f"discarded: {reason}", 2000), letter_id)).rowcount))
 
     def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
         rows = self._read(lambda c: c.execute(

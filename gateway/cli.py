@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from gateway import __version__, batch
 from gateway.config import CONFIG_ENV, Settings, endpoint_text, load_settings, redact_url
@@ -382,8 +382,9 @@ def cmd_outbox_prune(args: argparse.Namespace) -> int:
         pruned = Pruner(store, days).run_once()
     finally:
         store.close()
-    print(f"{pruned['outbox']} outbox item(s) (sent or suppressed) and {pruned['dedupe']} "
-          f"dedupe key(s) older than {days:g} days deleted")
+    print(f"{pruned['outbox']} outbox item(s) (sent or suppressed), {pruned['dedupe']} "
+          f"dedupe key(s) and {pruned['dead_letters']} settled dead letter(s) older than "
+          f"{days:g} days deleted")
     return EXIT_OK
 
 
@@ -405,7 +406,8 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
     print(f"{'id':>6}  {'at (UTC)':25} {'source':8} {'replayed':9} {'bytes':>7}  reason")
     for d in letters:
         reason = " ".join(d["reason"].split())
-        replayed = d["replayed"]["outcome"] if d["replayed"] else ""
+        # "discarded: why" in the column as "discarded" (`show` gives the why)
+        replayed = d["replayed"]["outcome"].split(":")[0] if d["replayed"] else ""
         print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {replayed:9} "
               f"{len(d['body']):>7}  {reason[:120]}")
     print(f"{len(letters)} dead letter(s)" + (" not replayed" if args.outstanding else ""))
@@ -423,8 +425,8 @@ def cmd_dead_letters_show(args: argparse.Namespace) -> int:
     print(f"# dead letter {letter['id']}, {letter['source']}, {_iso(letter['at'])}: "
           f"{letter['reason']}", file=sys.stderr)
     if letter["replayed"] is not None:
-        print(f"# replayed {_iso(letter['replayed']['at'])}: {letter['replayed']['outcome']}",
-              file=sys.stderr)
+        print(f"# {_settled(letter['replayed']['outcome'])} {_iso(letter['replayed']['at'])}: "
+              f"{letter['replayed']['outcome']}", file=sys.stderr)
     for name, value in sorted(letter["headers"].items()):
         print(f"# {name}: {value}", file=sys.stderr)
     sys.stdout.buffer.write(letter["body"])
@@ -457,8 +459,9 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
         elif replay.outcome == "duplicate":
             print(f"{name}: already recorded (a repeated delivery of usn {replay.usn})")
         elif replay.outcome == "replayed before":
-            print(f"note: {name} was replayed before, at {_iso(replay.at or 0)} ({replay.detail}): "
-                  "left as it is", file=sys.stderr)
+            detail = replay.detail or ""
+            print(f"note: {name} was {_settled(detail)} before, at {_iso(replay.at or 0)} "
+                  f"({detail.removeprefix(DISCARDED)}): left as it is", file=sys.stderr)
         elif replay.outcome == "stale":
             failed = True
             print(f"smile-gateway: {name}: not replayed: {replay.detail} (--force replays it "
@@ -475,6 +478,45 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     if settings.forward.url and any(replay.outcome == "accepted" for replay in done):
         print("note: their events are queued for forward.url; `serve` delivers them",
               file=sys.stderr)
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+DISCARDED = "discarded: "  # how a discarded letter's outcome begins (the store's word)
+
+
+def _settled(outcome: str) -> str:
+    """How a settled letter was settled, as a verb: replayed or discarded."""
+    return "discarded" if outcome.startswith(DISCARDED) else "replayed"
+
+
+def cmd_dead_letters_discard(args: argparse.Namespace) -> int:
+    if not args.ids:
+        print("smile-gateway: dead-letters discard: give dead letter ids", file=sys.stderr)
+        return EXIT_USAGE
+
+    def discard(store: Store) -> list[tuple[int, dict[str, Any] | None, bool]]:
+        done = [(letter_id, store.discard_dead_letter(letter_id, args.reason))
+                for letter_id in args.ids]  # then, for those not discarded, how they stand
+        return [(letter_id, None if discarded else store.dead_letter(letter_id), discarded)
+                for letter_id, discarded in done]
+
+    results = _from_store(args, discard)
+    failed = False
+    for letter_id, letter, discarded in results:
+        name = f"dead letter {letter_id}"
+        if discarded:
+            print(f"{name}: discarded")
+        elif letter is None or letter["replayed"] is None:
+            failed = True
+            print(f"smile-gateway: no dead letter {letter_id} (`dead-letters list` shows them)",
+                  file=sys.stderr)
+        else:  # settled before (not outstanding, or the store would have discarded it)
+            settled = letter["replayed"]
+            outcome = settled["outcome"]
+            print(f"note: {name} was {_settled(outcome)} before, at {_iso(settled['at'])} "
+                  f"({outcome.removeprefix(DISCARDED)}): left as it is", file=sys.stderr)
+    done = sum(1 for _, _, discarded in results if discarded)
+    print(f"{done} of {len(results)} dead letter(s) discarded")
     return EXIT_INVALID if failed else EXIT_OK
 
 
@@ -611,6 +653,13 @@ def _days(text: str) -> float:
     return value
 
 
+def _why(text: str) -> str:
+    why = " ".join(text.split())
+    if not why:
+        raise argparse.ArgumentTypeError("say why (the reason is kept with the letter)")
+    return why
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --config before the command or after it. The commands' own --config has no default:
     # argparse copies a subparser's defaults over the main parser's values, which would set a
@@ -697,7 +746,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = dl.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = dsub.add_parser("list", parents=[common], help="the newest dead letters, with reasons")
     p.add_argument("--limit", type=_count, default=100)
-    p.add_argument("--outstanding", action="store_true", help="only those not replayed")
+    p.add_argument("--outstanding", action="store_true",
+                   help="only those not settled (replayed or discarded)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_dead_letters_list)
     p = dsub.add_parser("show", parents=[common],
@@ -711,6 +761,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="also those older than their subscription's last change")
     p.set_defaults(func=cmd_dead_letters_replay)
+    p = dsub.add_parser("discard", parents=[common],
+                        help="settle dead letters no fix will make acceptable, saying why")
+    p.add_argument("ids", nargs="*", type=_long, metavar="ID")
+    p.add_argument("--reason", required=True, type=_why, metavar="TEXT",
+                   help="why (kept with the letter; `dead-letters show` prints it)")
+    p.set_defaults(func=cmd_dead_letters_discard)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")

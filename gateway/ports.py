@@ -211,6 +211,11 @@ class Store(Protocol):
         """Record that the letter was replayed and what came of it; the letter is kept."""
         ...
 
+    def discard_dead_letter(self, letter_id: int, reason: str) -> bool:
+        """Settle a letter not replayed without taking it (its outcome "discarded: reason");
+        False, changing nothing, when there is no such letter or it is settled already."""
+        ...
+
     def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
         """Dead letters per source: (all kept, those not replayed)."""
         ...
@@ -221,9 +226,10 @@ class Store(Protocol):
 
     def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
         """Delete what is done with: outbox items sent or suppressed, and dedupe keys, last
-        changed before `before`; pending and dead items, snapshots, history and dead letters
-        stay. Each batch is a short transaction of its own. Returns {"outbox": n,
-        "dedupe": m}."""
+        changed before `before`, and dead letters settled (replayed or discarded) before it;
+        pending and dead items, outstanding dead letters, snapshots and history stay. Each
+        batch is a short transaction of its own. Returns {"outbox": n, "dedupe": m,
+        "dead_letters": k}."""
         ...
 
     def ping(self) -> None:

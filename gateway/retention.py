@@ -1,7 +1,8 @@
 """Retention: deleting what the store is done with (`store.retention_days`).
 
-Outbox items sent or suppressed and dedupe keys older than the retention are deleted; nothing
-that may still be needed is: pending and dead items, snapshots, history and dead letters stay.
+Outbox items sent or suppressed, dedupe keys and dead letters settled (replayed or discarded)
+older than the retention are deleted; nothing that may still be needed is: pending and dead
+items, outstanding dead letters, snapshots and history stay.
 A repeated delivery whose dedupe key was deleted is taken as new, so the retention must exceed
 the longest time a sender retries (Standard Webhooks senders: about a day).
 """
@@ -36,8 +37,9 @@ class Pruner:
         before = self.clock() - self.retention_days * DAY_S
         pruned = self.store.prune(before)
         if any(pruned.values()):
-            log.info("pruned outbox=%d dedupe=%d older_than_days=%g", pruned["outbox"],
-                     pruned["dedupe"], self.retention_days)
+            log.info("pruned outbox=%d dedupe=%d dead_letters=%d older_than_days=%g",
+                     pruned["outbox"], pruned["dedupe"], pruned["dead_letters"],
+                     self.retention_days)
         return pruned
 
     def run(self, stop: threading.Event) -> None:

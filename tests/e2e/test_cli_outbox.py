@@ -147,14 +147,19 @@ def test_prune_deletes_old_done_items_and_keeps_the_rest(tmp_path: Path) -> None
     store.enqueue([NewOutboxItem(BROKER, "old", "u", "SubscriptionEnabled", {}, b"<x/>",
                                  SUPPRESSED),
                    NewOutboxItem(BROKER, "waiting", "u2", "SubscriptionEnabled", {}, b"<x/>")])
+    settled = store.add_dead_letter("broker", "invalid", {}, b"<x/>")
+    store.discard_dead_letter(settled, "junk")
+    outstanding = store.add_dead_letter("broker", "invalid", {}, b"<y/>")
     store.clock = time.time
     store.enqueue([NewOutboxItem(BROKER, "new", "u3", "SubscriptionEnabled", {}, b"<x/>",
                                  SUPPRESSED)])
     store.close()
     done = run_cli(["outbox", "prune"], env=env)  # store.retention_days: 30
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ("1 outbox item(s) (sent or suppressed) and 0 dedupe key(s) older "
-                           "than 30 days deleted\n")
+    assert done.stdout == ("1 outbox item(s) (sent or suppressed), 0 dedupe key(s) and 1 "
+                           "settled dead letter(s) older than 30 days deleted\n")
+    letters = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
+    assert [d["id"] for d in letters] == [outstanding]  # waits for its replay, however old
     listed = run_cli(["outbox", "list", "--format", "json"], env=env)
     assert sorted(i["messageId"] for i in json.loads(listed.stdout)) == ["new", "waiting"]
     off = run_cli(["outbox", "prune"], env={**env, "GATEWAY_STORE__RETENTION_DAYS": "0"})
@@ -300,3 +305,49 @@ def test_dead_letters_replay_asks_for_ids_or_all(tmp_path: Path) -> None:
     for args in ((), ("1", "--all")):
         done = _replay(env, *args)
         assert done.returncode == 2 and "give dead letter ids or --all" in done.stderr
+
+
+def test_a_dead_letter_that_will_never_be_taken_is_discarded_with_a_reason(
+        tmp_path: Path) -> None:
+    """A letter no fix will make acceptable (a lab's test message, a document for another
+    system) would keep the outstanding gauge above 0 for good: discarding settles it, says why,
+    and keeps its document until retention."""
+    env = env_for(tmp_path, "/queue/x")
+    junk = _letter(env, b"<not-smile/>", {"message-id": "ID:junk"}, reason="invalid")
+    kept = _letter(env, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
+                   {"message-id": "ID:good"})
+    done = run_cli(["dead-letters", "discard", str(junk), "999", "--reason",
+                    "a test message from the lab"], env=env)
+    assert done.returncode == 1
+    assert f"dead letter {junk}: discarded" in done.stdout
+    assert "no dead letter 999" in done.stderr
+    assert "1 of 2 dead letter(s) discarded" in done.stdout
+    listed = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
+    assert [(d["id"], d["replayed"] and d["replayed"]["outcome"]) for d in listed] == [
+        (junk, "discarded: a test message from the lab"), (kept, None)]
+    table = run_cli(["dead-letters", "list"], env=env).stdout.splitlines()
+    assert "discarded" in table[1]
+    shown = run_cli(["dead-letters", "show", str(junk)], env=env)
+    assert "# discarded " in shown.stderr and "a test message from the lab" in shown.stderr
+    # settled: --all passes it by, and naming it says how it was settled
+    replayed = _replay(env, "--all")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "1 of 1 dead letter(s) replayed" in replayed.stdout
+    again = _replay(env, str(junk))
+    assert again.returncode == 0
+    assert (f"note: dead letter {junk} was discarded before, at " in again.stderr
+            and "(a test message from the lab): left as it is" in again.stderr)
+    twice = run_cli(["dead-letters", "discard", str(junk), str(kept), "--reason", "x"], env=env)
+    assert twice.returncode == 0, twice.stderr
+    assert f"note: dead letter {junk} was discarded before" in twice.stderr
+    assert f"note: dead letter {kept} was replayed before" in twice.stderr
+    assert "0 of 2 dead letter(s) discarded" in twice.stdout
+
+
+def test_dead_letters_discard_asks_for_ids_and_a_reason(tmp_path: Path) -> None:
+    env = env_for(tmp_path, "/queue/x")
+    for args, expected in ((("--reason", "x"), "give dead letter ids"),
+                           (("1",), "the following arguments are required: --reason"),
+                           (("1", "--reason", "  "), "--reason: say why")):
+        done = run_cli(["dead-letters", "discard", *args], env=env)
+        assert done.returncode == 2 and expected in done.stderr, done.stderr

@@ -180,10 +180,10 @@ def test_prune_deletes_only_done_items_and_dedupe_keys_older_than_the_cut(store)
     store.replay([by_id["replayed"]])  # sent long ago, re-queued since: kept
     store.record("u9", "webhook:new", decide)
 
-    assert store.prune(before=200.0, batch=2) == {"outbox": 2, "dedupe": 1}
+    assert store.prune(before=200.0, batch=2) == {"outbox": 2, "dedupe": 1, "dead_letters": 0}
     assert sorted(i.message_id for i in store.outbox()) == [
         "dead-old", "pending-old", "replayed", "sent-new"]
-    assert store.prune(before=200.0) == {"outbox": 0, "dedupe": 0}
+    assert store.prune(before=200.0) == {"outbox": 0, "dedupe": 0, "dead_letters": 0}
     # a delivery whose key was pruned is taken as new; a kept key still answers as the first
     assert store.record("u9", "webhook:old", decide) == ({"at": 300.0}, False)
     assert store.record("u9", "webhook:new", decide) == ({"at": 300.0}, True)
@@ -201,7 +201,7 @@ def test_prune_walks_a_long_outbox_in_batches(store) -> None:
     now[0] = 300.0
     store.enqueue([NewOutboxItem(BROKER, "new", "w", "SubscriptionUpdated", {}, b"<x/>",
                                  SUPPRESSED)])
-    assert store.prune(before=200.0, batch=4) == {"outbox": 30, "dedupe": 0}
+    assert store.prune(before=200.0, batch=4) == {"outbox": 30, "dedupe": 0, "dead_letters": 0}
     assert sorted(i.message_id for i in store.outbox()) == ["kept-old", "new"]
 
 
@@ -246,3 +246,37 @@ def test_a_replayed_dead_letter_is_kept_marked_and_no_longer_outstanding(store) 
     assert store.dead_letter_counts() == {"broker": (3, 2)}
     assert [d["id"] for d in store.dead_letters(outstanding=True)] == [first, third]
     assert [d["id"] for d in store.dead_letters(1, outstanding=True)] == [third]  # the newest
+
+
+def test_a_discarded_dead_letter_is_settled_once_and_kept_with_why(store) -> None:
+    first = store.add_dead_letter("broker", "invalid", {"message-id": "m1"}, b"<a/>")
+    second = store.add_dead_letter("webhook", "invalid", {}, b"<b/>")
+    assert store.discard_dead_letter(first, "a test message from the lab") is True
+    assert store.dead_letter(first)["replayed"]["outcome"] == (
+        "discarded: a test message from the lab")
+    assert store.outstanding_dead_letters() == [second]
+    assert store.dead_letter_counts() == {"broker": (1, 0), "webhook": (1, 1)}
+    # settled already, or no such letter: nothing changes
+    assert store.discard_dead_letter(first, "again") is False
+    assert store.dead_letter(first)["replayed"]["outcome"].endswith("from the lab")
+    store.mark_dead_letter_replayed(second, "accepted")
+    assert store.discard_dead_letter(second, "late") is False
+    assert store.dead_letter(second)["replayed"]["outcome"] == "accepted"
+    assert store.discard_dead_letter(second + 1000, "none") is False
+
+
+def test_prune_deletes_settled_dead_letters_past_the_cut_and_keeps_outstanding_ones(
+        store) -> None:
+    now = [100.0]
+    store.clock = lambda: now[0]
+    waiting = store.add_dead_letter("broker", "invalid", {}, b"<a/>")
+    replayed = store.add_dead_letter("broker", "invalid", {}, b"<b/>")
+    discarded = store.add_dead_letter("webhook", "invalid", {}, b"<c/>")
+    settled_late = store.add_dead_letter("broker", "invalid", {}, b"<d/>")
+    store.mark_dead_letter_replayed(replayed, "accepted")
+    store.discard_dead_letter(discarded, "junk")
+    now[0] = 300.0  # settled after the cut, though it came before it
+    store.discard_dead_letter(settled_late, "junk")
+    assert store.prune(before=200.0, batch=1) == {"outbox": 0, "dedupe": 0, "dead_letters": 2}
+    assert [d["id"] for d in store.dead_letters()] == [waiting, settled_late]
+    assert store.prune(before=200.0) == {"outbox": 0, "dedupe": 0, "dead_letters": 0}

@@ -25,7 +25,7 @@ class FakeStore:
         if self.failures:
             self.failures -= 1
             raise StoreError("database is locked")
-        return {"outbox": 2, "dedupe": 1}
+        return {"outbox": 2, "dedupe": 1, "dead_letters": 3}
 
 
 def pruner(store: FakeStore, **kw: Any) -> Pruner:
@@ -34,7 +34,7 @@ def pruner(store: FakeStore, **kw: Any) -> Pruner:
 
 def test_the_cut_is_the_retention_before_now() -> None:
     store = FakeStore()
-    assert pruner(store).run_once() == {"outbox": 2, "dedupe": 1}
+    assert pruner(store).run_once() == {"outbox": 2, "dedupe": 1, "dead_letters": 3}
     assert store.cuts == [70 * DAY_S]
 
 
