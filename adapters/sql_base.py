@@ -15,10 +15,12 @@ from typing import Any, Protocol, TypeVar
 from gateway.errors import KeyReusedError, clip
 from gateway.ports import (
     DEAD,
+    DISCARDED,
     PENDING,
     SENT,
     SUPPRESSED,
     Decide,
+    Discarded,
     NewOutboxItem,
     OutboxItem,
     Replayed,
@@ -32,6 +34,7 @@ _OUTBOX_INSERT = ("INSERT INTO outbox (channel, message_id, usn, kind, headers, 
 OUTBOX_COLUMNS = ("id, channel, message_id, usn, kind, headers, body, status, attempts, "
                   "last_error, created_at, updated_at")
 _LETTER = "id, source, reason, headers, body, at, replayed_at, replay_outcome"
+_DONE = (SENT, SUPPRESSED, DISCARDED)  # outbox statuses that retention may delete
 
 
 class Cursor(Protocol):
@@ -272,6 +275,28 @@ class SqlStoreBase:
 
         return self._transact(work)
 
+    def discard(self, ids: Sequence[int], reason: str) -> Discarded:
+        def work(conn: Connection) -> Discarded:
+            count, not_dead, unknown = 0, [], []
+            for item_id in dict.fromkeys(ids):  # each once, in the order given
+                if conn.execute(  # the reason first, then the error that made it dead
+                        "UPDATE outbox SET status = ?, updated_at = ?, last_error = "
+                        "SUBSTR(? || COALESCE('; ' || last_error, ''), 1, 1000) "
+                        "WHERE id = ? AND status = ?",
+                        (DISCARDED, self.clock(), f"discarded: {reason}", item_id,
+                         DEAD)).rowcount:
+                    count += 1
+                    continue
+                row = conn.execute("SELECT status FROM outbox WHERE id = ?",
+                                   (item_id,)).fetchone()
+                if row is None:
+                    unknown.append(item_id)
+                else:
+                    not_dead.append((item_id, str(row[0])))
+            return Discarded(count, tuple(not_dead), tuple(unknown))
+
+        return self._transact(work)
+
     def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
         # The outbox is walked by id, oldest first, a batch per transaction; the walk ends at
         # the first item created after `before`, as none later can have been done before it.
@@ -283,10 +308,10 @@ class SqlStoreBase:
                 rows = conn.execute(
                     "SELECT id, status, updated_at, created_at FROM outbox WHERE id > ? "
                     "ORDER BY id LIMIT ?", (after, batch)).fetchall()
-                done = [(id_, SENT, SUPPRESSED, before) for id_, status, updated, _ in rows
-                        if status in (SENT, SUPPRESSED) and updated < before]
+                done = [(id_, *_DONE, before) for id_, status, updated, _ in rows
+                        if status in _DONE and updated < before]
                 if done:  # the status again: a replay may have re-queued one meanwhile
-                    conn.executemany("DELETE FROM outbox WHERE id = ? AND status IN (?, ?) "
+                    conn.executemany("DELETE FROM outbox WHERE id = ? AND status IN (?, ?, ?) "
                                      "AND updated_at < ?", done)
                 return rows, len(done)
 

@@ -162,7 +162,7 @@ def _translate(exc: Exception) -> Response:
 
 class _StoreCollector:
     """Outbox sizes per channel and status, and dead letters per source (all, and those not
-    replayed), read from the store at scrape time."""
+    settled), read from the store at scrape time."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -174,7 +174,8 @@ class _StoreCollector:
                                     "Inbound documents refused and kept, by source",
                                     labels=["source"])
         outstanding = GaugeMetricFamily("smile_gateway_dead_letters_outstanding",
-                                        "Dead letters not replayed, by source",
+                                        "Dead letters not settled (replayed or "
+                                        "discarded), by source",
                                         labels=["source"])
         try:
             for (channel, status), count in sorted(self.store.counts().items()):

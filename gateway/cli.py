@@ -363,6 +363,22 @@ def cmd_outbox_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_outbox_discard(args: argparse.Namespace) -> int:
+    if not args.ids:
+        print("smile-gateway: outbox discard: give outbox ids (of dead items)", file=sys.stderr)
+        return EXIT_USAGE
+    done = _from_store(args, lambda store: store.discard(args.ids, args.reason))
+    print(f"{done.discarded} item(s) discarded")
+    for item_id, status in done.not_dead:
+        print(f"note: outbox id {item_id} is {status}, not dead: left as it is (`outbox list` "
+              "shows why)", file=sys.stderr)
+    if done.unknown:
+        print(f"smile-gateway: outbox discard: no outbox item with id {_ids(done.unknown)} "
+              f"(`outbox list` shows the ids)", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
 def _ids(ids: tuple[int, ...]) -> str:
     return ", ".join(map(str, ids))
 
@@ -382,9 +398,9 @@ def cmd_outbox_prune(args: argparse.Namespace) -> int:
         pruned = Pruner(store, days).run_once()
     finally:
         store.close()
-    print(f"{pruned['outbox']} outbox item(s) (sent or suppressed), {pruned['dedupe']} "
-          f"dedupe key(s) and {pruned['dead_letters']} settled dead letter(s) older than "
-          f"{days:g} days deleted")
+    print(f"{pruned['outbox']} outbox item(s) (sent, suppressed or discarded), "
+          f"{pruned['dedupe']} dedupe key(s) and {pruned['dead_letters']} settled dead "
+          f"letter(s) older than {days:g} days deleted")
     return EXIT_OK
 
 
@@ -656,8 +672,17 @@ def _days(text: str) -> float:
 def _why(text: str) -> str:
     why = " ".join(text.split())
     if not why:
-        raise argparse.ArgumentTypeError("say why (the reason is kept with the letter)")
+        raise argparse.ArgumentTypeError("say why (the reason is kept with what it sets aside)")
     return why
+
+
+def _discard_parser(subparsers: Any, common: argparse.ArgumentParser, summary: str, why: str,
+                    func: Command) -> None:
+    """`outbox discard` and `dead-letters discard`: ids, and a --reason that is kept."""
+    p = subparsers.add_parser("discard", parents=[common], help=summary)
+    p.add_argument("ids", nargs="*", type=_long, metavar="ID")
+    p.add_argument("--reason", required=True, type=_why, metavar="TEXT", help=why)
+    p.set_defaults(func=func)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -724,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_publish)
 
     ob = sub.add_parser("outbox", parents=[common],
-                        help="inspect, re-queue and prune the outbox")
+                        help="inspect, re-queue, discard and prune the outbox")
     osub = ob.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = osub.add_parser("list", parents=[common], help="list outbox items")
     p.add_argument("--status", choices=OUTBOX_STATUSES)
@@ -735,8 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", type=_long, metavar="ID")
     p.add_argument("--dead", action="store_true", help="every dead item")
     p.set_defaults(func=cmd_outbox_replay)
+    _discard_parser(osub, common, "set dead items aside for good, saying why",
+                    "why (kept before the item's last error)", cmd_outbox_discard)
     p = osub.add_parser("prune", parents=[common],
-                        help="delete sent and suppressed items and dedupe keys past retention")
+                        help="delete what retention lets go: sent, suppressed and discarded "
+                        "items, dedupe keys, settled dead letters")
     p.add_argument("--older-than-days", type=_days, metavar="N",
                    help="instead of store.retention_days")
     p.set_defaults(func=cmd_outbox_prune)
@@ -761,12 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="also those older than their subscription's last change")
     p.set_defaults(func=cmd_dead_letters_replay)
-    p = dsub.add_parser("discard", parents=[common],
-                        help="settle dead letters no fix will make acceptable, saying why")
-    p.add_argument("ids", nargs="*", type=_long, metavar="ID")
-    p.add_argument("--reason", required=True, type=_why, metavar="TEXT",
-                   help="why (kept with the letter; `dead-letters show` prints it)")
-    p.set_defaults(func=cmd_dead_letters_discard)
+    _discard_parser(dsub, common, "settle dead letters no fix will make acceptable, saying why",
+                    "why (kept with the letter; `dead-letters show` prints it)",
+                    cmd_dead_letters_discard)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")

@@ -71,7 +71,8 @@ BROKER = "broker"    # outbox channel: Smile documents for the STOMP broker
 FORWARD = "forward"  # outbox channel: JSON events for the order system
 
 PENDING, SENT, SUPPRESSED, DEAD = "pending", "sent", "suppressed", "dead"
-OUTBOX_STATUSES = (PENDING, SENT, SUPPRESSED, DEAD)
+DISCARDED = "discarded"  # dead, then set aside by an operator (`outbox discard`)
+OUTBOX_STATUSES = (PENDING, SENT, SUPPRESSED, DEAD, DISCARDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,16 @@ class Replayed:
 
     requeued: int
     pending: tuple[int, ...] = ()  # pending already: the relay sends them anyway
+    unknown: tuple[int, ...] = ()  # no such item (never was, or pruned)
+
+
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    """What a discard did: how many dead items it set aside, and the ids given that it did
+    not."""
+
+    discarded: int
+    not_dead: tuple[tuple[int, str], ...] = ()  # (id, its status): left as they are
     unknown: tuple[int, ...] = ()  # no such item (never was, or pruned)
 
 
@@ -193,6 +204,11 @@ class Store(Protocol):
         """Re-queue these items (None: every dead one) in one transaction."""
         ...
 
+    def discard(self, ids: Sequence[int], reason: str) -> Discarded:
+        """Set these dead items aside for good (status discarded, the reason before their last
+        error) in one transaction; items in any other status are left as they are."""
+        ...
+
     def add_dead_letter(self, source: str, reason: str, headers: dict[str, str],
                         body: bytes) -> int: ...
 
@@ -217,7 +233,7 @@ class Store(Protocol):
         ...
 
     def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
-        """Dead letters per source: (all kept, those not replayed)."""
+        """Dead letters per source: (all kept, those not settled)."""
         ...
 
     def counts(self) -> dict[tuple[str, str], int]:
@@ -225,8 +241,9 @@ class Store(Protocol):
         ...
 
     def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
-        """Delete what is done with: outbox items sent or suppressed, and dedupe keys, last
-        changed before `before`, and dead letters settled (replayed or discarded) before it;
+        """Delete what is done with: outbox items sent, suppressed or discarded, and dedupe
+        keys, last changed before `before`, and dead letters settled (replayed or discarded)
+        before it;
         pending and dead items, outstanding dead letters, snapshots and history stay. Each
         batch is a short transaction of its own. Returns {"outbox": n, "dedupe": m,
         "dead_letters": k}."""

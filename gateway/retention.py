@@ -1,10 +1,10 @@
 """Retention: deleting what the store is done with (`store.retention_days`).
 
-Outbox items sent or suppressed, dedupe keys and dead letters settled (replayed or discarded)
-older than the retention are deleted; nothing that may still be needed is: pending and dead
-items, outstanding dead letters, snapshots and history stay.
-A repeated delivery whose dedupe key was deleted is taken as new, so the retention must exceed
-the longest time a sender retries (Standard Webhooks senders: about a day).
+Outbox items sent, suppressed or discarded, dedupe keys and dead letters settled (replayed or
+discarded) older than the retention are deleted; nothing that may still be needed is: pending
+and dead items, outstanding dead letters, snapshots and history stay. A repeated delivery whose
+dedupe key was deleted is taken as new, so the retention must exceed the longest time a sender
+retries (Standard Webhooks senders: about a day).
 """
 
 from __future__ import annotations

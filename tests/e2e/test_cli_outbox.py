@@ -156,8 +156,8 @@ def test_prune_deletes_old_done_items_and_keeps_the_rest(tmp_path: Path) -> None
     store.close()
     done = run_cli(["outbox", "prune"], env=env)  # store.retention_days: 30
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ("1 outbox item(s) (sent or suppressed), 0 dedupe key(s) and 1 "
-                           "settled dead letter(s) older than 30 days deleted\n")
+    assert done.stdout == ("1 outbox item(s) (sent, suppressed or discarded), 0 dedupe key(s) "
+                           "and 1 settled dead letter(s) older than 30 days deleted\n")
     letters = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
     assert [d["id"] for d in letters] == [outstanding]  # waits for its replay, however old
     listed = run_cli(["outbox", "list", "--format", "json"], env=env)
@@ -351,3 +351,40 @@ def test_dead_letters_discard_asks_for_ids_and_a_reason(tmp_path: Path) -> None:
                            (("1", "--reason", "  "), "--reason: say why")):
         done = run_cli(["dead-letters", "discard", *args], env=env)
         assert done.returncode == 2 and expected in done.stderr, done.stderr
+
+
+def test_a_dead_item_that_must_never_be_sent_is_discarded_with_a_reason(
+        tmp_path: Path) -> None:
+    """An event the order system will refuse for good (an order cancelled by hand there) is
+    dead, and the dead gauge stays above 0 until it is discarded: set aside, the reason kept
+    with its last error, pruned like a sent one, sent after all only when replayed by id."""
+    from adapters.sql_store import SqlStore
+    from gateway.ports import FORWARD, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    store.enqueue([NewOutboxItem(FORWARD, "ev-1", "u1", "subscription.updated", {}, b"{}"),
+                   NewOutboxItem(FORWARD, "ev-2", "u2", "subscription.updated", {}, b"{}")])
+    dead, waiting = (i.id for i in store.claim(FORWARD, 10, now=1e12))
+    store.mark_failed(dead, "HTTP 422 from the order system", retry_at=0.0, dead=True)
+    store.mark_failed(waiting, "HTTP 503", retry_at=0.0, dead=False)
+    store.close()
+    done = run_cli(["outbox", "discard", str(dead), str(waiting), "999", "--reason",
+                    "order cancelled by hand in the order system"], env=env)
+    assert done.returncode == 1
+    assert done.stdout == "1 item(s) discarded\n"
+    assert (f"note: outbox id {waiting} is pending, not dead: left as it is (`outbox list` "
+            "shows why)") in done.stderr
+    assert "no outbox item with id 999" in done.stderr
+    listed = {i["messageId"]: i for i in json.loads(
+        run_cli(["outbox", "list", "--format", "json"], env=env).stdout)}
+    assert listed["ev-1"]["status"] == "discarded"
+    assert listed["ev-1"]["lastError"] == ("discarded: order cancelled by hand in the order "
+                                           "system; HTTP 422 from the order system")
+    only = run_cli(["outbox", "list", "--status", "discarded"], env=env)
+    assert only.returncode == 0 and only.stdout.splitlines()[-1] == "1 item(s)"
+    assert run_cli(["outbox", "replay", "--dead"], env=env).stdout == "0 item(s) re-queued\n"
+    for args, expected in ((("--reason", "x"), "give outbox ids"),
+                           ((str(dead),), "the following arguments are required: --reason")):
+        usage = run_cli(["outbox", "discard", *args], env=env)
+        assert usage.returncode == 2 and expected in usage.stderr, usage.stderr

@@ -11,11 +11,13 @@ from gateway.errors import KeyReusedError, StoreError, TransitionError
 from gateway.ports import (
     BROKER,
     DEAD,
+    DISCARDED,
     FORWARD,
     PENDING,
     SENT,
     SUPPRESSED,
     Decision,
+    Discarded,
     HistoryEntry,
     NewOutboxItem,
     Replayed,
@@ -159,6 +161,29 @@ def test_dead_rows_are_replayed_by_id_or_all(store) -> None:
     assert [i.message_id for i in store.outbox_by_message_ids(["b", "nope"])] == ["b"]
 
 
+def test_only_a_dead_item_is_discarded_and_it_keeps_its_last_error(store) -> None:
+    store.enqueue([item("dead-1"), item("dead-2", "u2"), item("waiting", "u3")])
+    by_id = {i.message_id: i.id for i in store.claim(BROKER, 10, now=1e12)}
+    for name in ("dead-1", "dead-2"):
+        store.mark_failed(by_id[name], "order system answered 422", retry_at=0.0, dead=True)
+    store.mark_failed(by_id["waiting"], "timed out", retry_at=0.0, dead=False)
+    missing = max(by_id.values()) + 1000
+    assert store.discard([by_id["dead-1"], by_id["waiting"], missing, by_id["dead-1"]],
+                         "the order was cancelled by hand") == Discarded(
+        1, ((by_id["waiting"], PENDING),), (missing,))
+    discarded = store.outbox(DISCARDED)
+    assert [i.message_id for i in discarded] == ["dead-1"]
+    assert discarded[0].last_error == ("discarded: the order was cancelled by hand; "
+                                       "order system answered 422")
+    assert store.counts()[(BROKER, DISCARDED)] == 1 and store.counts()[(BROKER, DEAD)] == 1
+    assert store.discard([by_id["dead-1"]], "again") == Discarded(
+        0, ((by_id["dead-1"], DISCARDED),))
+    assert store.replay() == Replayed(1)  # --dead: the dead one only, not the discarded
+    assert store.replay([by_id["dead-1"]]) == Replayed(1)  # by id: sent again, as a sent one
+    assert {i.message_id: i.status for i in store.outbox()} == {
+        "dead-1": PENDING, "dead-2": PENDING, "waiting": PENDING}
+
+
 def test_prune_deletes_only_done_items_and_dedupe_keys_older_than_the_cut(store) -> None:
     now = [100.0]
     store.clock = lambda: now[0]
@@ -167,12 +192,14 @@ def test_prune_deletes_only_done_items_and_dedupe_keys_older_than_the_cut(store)
         return Decision(subscription("u9"), (), (), {"at": now[0]})
 
     store.enqueue([item("sent-old"), item("pending-old", "u2"), item("dead-old", "u3"),
-                   item("replayed", "u4")])
+                   item("replayed", "u4"), item("discarded-old", "u7")])
     store.enqueue([NewOutboxItem(BROKER, "suppressed-old", "u5", "SubscriptionUpdated", {},
                                  b"<x/>", SUPPRESSED)])
     by_id = {i.message_id: i.id for i in store.claim(BROKER, 10, now=1e12)}
     store.mark_sent([by_id["sent-old"], by_id["replayed"]])
     store.mark_failed(by_id["dead-old"], "refused", retry_at=0.0, dead=True)
+    store.mark_failed(by_id["discarded-old"], "refused", retry_at=0.0, dead=True)
+    store.discard([by_id["discarded-old"]], "never to be sent")
     store.record("u9", "webhook:old", decide)
     now[0] = 300.0
     store.enqueue([item("sent-new", "u6")])
@@ -180,7 +207,7 @@ def test_prune_deletes_only_done_items_and_dedupe_keys_older_than_the_cut(store)
     store.replay([by_id["replayed"]])  # sent long ago, re-queued since: kept
     store.record("u9", "webhook:new", decide)
 
-    assert store.prune(before=200.0, batch=2) == {"outbox": 2, "dedupe": 1, "dead_letters": 0}
+    assert store.prune(before=200.0, batch=2) == {"outbox": 3, "dedupe": 1, "dead_letters": 0}
     assert sorted(i.message_id for i in store.outbox()) == [
         "dead-old", "pending-old", "replayed", "sent-new"]
     assert store.prune(before=200.0) == {"outbox": 0, "dedupe": 0, "dead_letters": 0}
