@@ -14,8 +14,10 @@ from typing import Any, Protocol, TypeVar
 
 from gateway.errors import KeyReusedError, clip
 from gateway.ports import (
+    BROKER,
     DEAD,
     DISCARDED,
+    FORWARD,
     PENDING,
     SENT,
     SUPPRESSED,
@@ -226,15 +228,23 @@ class SqlStoreBase:
 
         return self._transact(work)
 
-    def outbox(self, status: str | None = None, limit: int = 1000) -> list[OutboxItem]:
-        if status is None:
-            rows = self._read(lambda c: c.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY id DESC LIMIT ?",
-                (limit,)).fetchall())
-        else:
-            rows = self._read(lambda c: c.execute(
-                f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status = ? ORDER BY id DESC "
-                "LIMIT ?", (status, limit)).fetchall())
+    def outbox(self, status: str | None = None, limit: int = 1000, usn: str | None = None,
+               channel: str | None = None) -> list[OutboxItem]:
+        where: list[str] = []
+        params: list[Any] = []
+        if usn is not None:  # by the (channel, usn, status, id) index, a channel or both
+            channels = (channel,) if channel is not None else (BROKER, FORWARD)
+            where.append(f"channel IN ({', '.join('?' * len(channels))}) AND usn = ?")
+            params += [*channels, usn]
+        elif channel is not None:
+            where.append("channel = ?")
+            params.append(channel)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        sql = (f"SELECT {OUTBOX_COLUMNS} FROM outbox "
+               + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?")
+        rows = self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [self._item(r) for r in reversed(rows)]
 
     def outbox_by_message_ids(self, message_ids: Sequence[str]) -> list[OutboxItem]:

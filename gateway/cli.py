@@ -25,7 +25,7 @@ from gateway.errors import (
     StoreError,
     TransitionError,
 )
-from gateway.ports import OUTBOX_STATUSES, Store
+from gateway.ports import BROKER, FORWARD, OUTBOX_STATUSES, Store
 from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
 from gateway.translator import Translator
 
@@ -327,7 +327,8 @@ def _from_store(args: argparse.Namespace, read: Callable[[Store], T]) -> T:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
-    items = _from_store(args, lambda store: store.outbox(args.status, args.limit))
+    items = _from_store(args, lambda store: store.outbox(args.status, args.limit, args.usn,
+                                                         args.channel))
     if args.format == "json":
         json.dump([{"id": i.id, "channel": i.channel, "messageId": i.message_id, "usn": i.usn,
                     "kind": i.kind, "status": i.status, "attempts": i.attempts,
@@ -339,7 +340,8 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     for i in items:
         print(f"{i.id:>6}  {i.channel:8} {i.status:10} {i.attempts:>5}  {i.kind:30} "
               f"{i.usn:12} {i.last_error or ''}")
-    print(f"{len(items)} item(s)")
+    print(f"{len(items)} item(s)" + (f", the newest (--limit {args.limit}: there may be more)"
+                                     if len(items) == args.limit else ""))
     return EXIT_OK
 
 
@@ -753,7 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     osub = ob.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = osub.add_parser("list", parents=[common], help="list outbox items")
     p.add_argument("--status", choices=OUTBOX_STATUSES)
-    p.add_argument("--limit", type=_count, default=1000)
+    p.add_argument("--channel", choices=(BROKER, FORWARD),
+                   help="broker: Smile documents; forward: events for the order system")
+    p.add_argument("--usn", metavar="USN", help="one subscription's items")
+    p.add_argument("--limit", type=_count, default=1000, help="the newest N (1000)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_outbox_list)
     p = osub.add_parser("replay", parents=[common], help="re-queue items (dead letters)")

@@ -388,3 +388,27 @@ def test_a_dead_item_that_must_never_be_sent_is_discarded_with_a_reason(
                            ((str(dead),), "the following arguments are required: --reason")):
         usage = run_cli(["outbox", "discard", *args], env=env)
         assert usage.returncode == 2 and expected in usage.stderr, usage.stderr
+
+
+def test_the_outbox_is_listed_for_one_subscription_and_says_when_the_limit_cut_it(
+        tmp_path: Path) -> None:
+    from adapters.sql_store import SqlStore
+    from gateway.ports import BROKER, FORWARD, SUPPRESSED, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    store.enqueue([NewOutboxItem(channel, f"{channel}-{usn}-{n}", usn, "SubscriptionEnabled", {},
+                                 b"<x/>", SUPPRESSED)
+                   for n in range(3) for usn in ("u1", "u2") for channel in (BROKER, FORWARD)])
+    store.close()
+    listed = json.loads(run_cli(["outbox", "list", "--usn", "u1", "--channel", "forward",
+                                 "--format", "json"], env=env).stdout)
+    assert [i["messageId"] for i in listed] == ["forward-u1-0", "forward-u1-1", "forward-u1-2"]
+    cut = run_cli(["outbox", "list", "--usn", "u2", "--limit", "2"], env=env)
+    assert cut.returncode == 0, cut.stderr
+    assert cut.stdout.splitlines()[-1] == ("2 item(s), the newest (--limit 2: there may be "
+                                           "more)")
+    assert run_cli(["outbox", "list", "--usn", "u2"], env=env).stdout.splitlines()[-1] == (
+        "6 item(s)")
+    bad = run_cli(["outbox", "list", "--channel", "smtp"], env=env)
+    assert bad.returncode == 2 and "invalid choice: 'smtp'" in bad.stderr

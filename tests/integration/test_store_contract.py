@@ -161,6 +161,24 @@ def test_dead_rows_are_replayed_by_id_or_all(store) -> None:
     assert [i.message_id for i in store.outbox_by_message_ids(["b", "nope"])] == ["b"]
 
 
+def test_the_outbox_is_listed_newest_last_by_status_channel_and_subscription(store) -> None:
+    store.enqueue([item("b1", "u1"), item("f1", "u1", FORWARD), item("b2", "u2"),
+                   item("f2", "u2", FORWARD), item("b3", "u1")])
+    store.mark_sent([i.id for i in store.claim(BROKER, 10, now=1e12) if i.message_id == "b1"])
+
+    def names(**kw: object) -> list[str]:
+        return [i.message_id for i in store.outbox(**kw)]
+
+    assert names() == ["b1", "f1", "b2", "f2", "b3"]
+    assert names(usn="u1") == ["b1", "f1", "b3"]
+    assert names(usn="u1", channel=BROKER) == ["b1", "b3"]
+    assert names(channel=FORWARD) == ["f1", "f2"]
+    assert names(status=PENDING, usn="u1") == ["f1", "b3"]
+    assert names(status=SENT, usn="u2") == []
+    assert names(usn="u1", limit=2) == ["f1", "b3"]  # the newest
+    assert names(usn="nobody") == []
+
+
 def test_only_a_dead_item_is_discarded_and_it_keeps_its_last_error(store) -> None:
     store.enqueue([item("dead-1"), item("dead-2", "u2"), item("waiting", "u3")])
     by_id = {i.message_id: i.id for i in store.claim(BROKER, 10, now=1e12)}
