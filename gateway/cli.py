@@ -428,7 +428,9 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
         replayed = d["replayed"]["outcome"].split(":")[0] if d["replayed"] else ""
         print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {replayed:9} "
               f"{len(d['body']):>7}  {reason[:120]}")
-    print(f"{len(letters)} dead letter(s)" + (" not replayed" if args.outstanding else ""))
+    print(f"{len(letters)} dead letter(s)" + (" not settled" if args.outstanding else "")
+          + (f", the newest (--limit {args.limit}: there may be more)"
+             if len(letters) == args.limit else ""))
     return EXIT_OK
 
 
@@ -778,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inbound documents that could not be accepted")
     dsub = dl.add_subparsers(dest="action", required=True, parser_class=_Parser)
     p = dsub.add_parser("list", parents=[common], help="the newest dead letters, with reasons")
-    p.add_argument("--limit", type=_count, default=100)
+    p.add_argument("--limit", type=_count, default=100, help="the newest N (100)")
     p.add_argument("--outstanding", action="store_true",
                    help="only those not settled (replayed or discarded)")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -790,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("replay", parents=[common],
                         help="take dead letters again, once their cause is fixed")
     p.add_argument("ids", nargs="*", type=_long, metavar="ID")
-    p.add_argument("--all", action="store_true", help="every one not replayed, oldest first")
+    p.add_argument("--all", action="store_true", help="every one not settled, oldest first")
     p.add_argument("--force", action="store_true",
                    help="also those older than their subscription's last change")
     p.set_defaults(func=cmd_dead_letters_replay)

@@ -216,14 +216,14 @@ class Store(Protocol):
                         body: bytes) -> int: ...
 
     def dead_letters(self, limit: int = 100, outstanding: bool = False) -> list[dict[str, Any]]:
-        """The newest `limit` (with `outstanding`, of those not replayed), oldest first: id,
+        """The newest `limit` (with `outstanding`, of those not settled), oldest first: id,
         source, reason, headers, body, at, and replayed (None, or {"at", "outcome"})."""
         ...
 
     def dead_letter(self, letter_id: int) -> dict[str, Any] | None: ...
 
     def outstanding_dead_letters(self) -> list[int]:
-        """The ids of the dead letters not replayed, oldest first."""
+        """The ids of the dead letters not settled (replayed or discarded), oldest first."""
         ...
 
     def mark_dead_letter_replayed(self, letter_id: int, outcome: str) -> None:

@@ -189,6 +189,9 @@ def test_dead_letters_are_listed_and_one_is_shown_as_it_came(tmp_path: Path) -> 
     shown = run_cli(["dead-letters", "show", str(first)], env=env, stdin=b"")
     assert shown.returncode == 0 and shown.stdout == body  # the bytes as they came
     assert b"# usn: u1" in shown.stderr and b"not well-formed" in shown.stderr
+    cut = run_cli(["dead-letters", "list", "--limit", "1"], env=env).stdout.splitlines()
+    assert cut[-1] == "1 dead letter(s), the newest (--limit 1: there may be more)"
+    assert cut[1].split()[2] == "webhook"
     missing = run_cli(["dead-letters", "show", "999"], env=env)
     assert missing.returncode == 1 and "no dead letter 999" in missing.stderr
 
@@ -236,7 +239,7 @@ def test_a_dead_letter_is_replayed_once_its_cause_is_fixed(tmp_path: Path) -> No
     listed = json.loads(run_cli(["dead-letters", "list", "--format", "json"], env=env).stdout)
     assert listed[0]["replayed"]["outcome"] == "accepted"
     outstanding = run_cli(["dead-letters", "list", "--outstanding"], env=env)
-    assert outstanding.stdout.splitlines()[-1] == "0 dead letter(s) not replayed"
+    assert outstanding.stdout.splitlines()[-1] == "0 dead letter(s) not settled"
     table = run_cli(["dead-letters", "list"], env=env).stdout.splitlines()
     assert "accepted" in table[1]
     shown = run_cli(["dead-letters", "show", str(letter)], env=env)
