@@ -79,7 +79,7 @@ def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp
     service = make_service(s, codec, tmp_path)
     usn = seed(service)  # order acknowledged, request 4242 open from Smile
     service.apply_state_change(StateChange("evt-41", usn, "order", "inProgress"))
-    response = service.apply_state_change(StateChange("evt-42", usn, "order", "completed"))
+    response = service.apply_state_change(StateChange("urn:evt:42", usn, "order", "completed"))
     assert [m["status"] for m in response["messages"]] == [PENDING, PENDING]
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     assert relay.drain(time.time() + 30) == 3
@@ -92,7 +92,7 @@ def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp
     h = first.headers
     assert h["smileMessageType"] == "SubscriptionProvisioned"
     assert (h["usn"], h["sid"], h["provisionRequestId"]) == (usn, "170", "4242")
-    assert h["correlation-id"] == "evt-42"
+    assert h["correlation-id"] == "urn:evt:42"  # sent escaped (STOMP 1.2), read back as it was
     assert h["gateway-message-id"] == response["messages"][0]["id"]
     assert h["persistent"] == "true"
     assert h["gateway-origin"] == "smile-gateway"
@@ -121,7 +121,10 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
     s = make_settings(settings, queue, activemq)
     service = make_service(s, codec, tmp_path)
     usn = seed(service)
-    service.apply_state_change(StateChange("evt-jms", usn, "subscription", "activating"))
+    # STOMP escapes ':' and '\\' in a header's value (1.2): a URN as the event id, and a
+    # backslash, reach the JMS side as they were sent
+    event_id = "urn:uuid:0f6e1c2a-evt:jms\\2"
+    service.apply_state_change(StateChange(event_id, usn, "subscription", "activating"))
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     relay.drain(time.time() + 30)
     relay.publisher.close()
@@ -139,6 +142,7 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
             assert props[name][0] == "String", (name, props[name])
         assert m["text"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
     assert lines[0]["properties"]["smileMessageType"][1] == "SubscriptionProvisioned"
+    assert [m["correlationId"] for m in lines] == [event_id] * 2
 
 
 def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path, broker) -> None:

@@ -1,5 +1,6 @@
 // A Smile-side JMS listener, as Smile's own consumers are: receives from a queue over OpenWire
-// and prints, per message, its JMS class and each property's Java type, as one JSON line.
+// and prints, per message, its JMS class, each property's Java type and its JMSCorrelationID,
+// as one JSON line.
 //   java -cp <activemq jars>:. JmsProbe tcp://127.0.0.1:61616 QUEUE COUNT TIMEOUT_MS
 import java.util.Enumeration;
 import javax.jms.*;
@@ -43,6 +44,10 @@ public class JmsProbe {
                         .append(',').append(q(String.valueOf(value))).append(']');
                 }
                 line.append('}');
+                String correlation = m.getJMSCorrelationID();
+                if (correlation != null) {
+                    line.append(",\"correlationId\":").append(q(correlation));
+                }
                 if (m instanceof TextMessage) {
                     line.append(",\"text\":").append(q(((TextMessage) m).getText()));
                 }
