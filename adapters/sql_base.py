@@ -247,6 +247,11 @@ class SqlStoreBase:
         rows = self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
         return [self._item(r) for r in reversed(rows)]
 
+    def outbox_item(self, item_id: int) -> OutboxItem | None:
+        row = self._read(lambda c: c.execute(
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?", (item_id,)).fetchone())
+        return None if row is None else self._item(row)
+
     def outbox_by_message_ids(self, message_ids: Sequence[str]) -> list[OutboxItem]:
         out: list[OutboxItem] = []
         for start in range(0, len(message_ids), 500):

@@ -25,7 +25,7 @@ from gateway.errors import (
     StoreError,
     TransitionError,
 )
-from gateway.ports import BROKER, FORWARD, OUTBOX_STATUSES, Store
+from gateway.ports import BROKER, FORWARD, OUTBOX_STATUSES, OutboxItem, Store
 from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
 from gateway.translator import Translator
 
@@ -342,6 +342,33 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
               f"{i.usn:12} {i.last_error or ''}")
     print(f"{len(items)} item(s)" + (f", the newest (--limit {args.limit}: there may be more)"
                                      if len(items) == args.limit else ""))
+    return EXIT_OK
+
+
+def cmd_outbox_show(args: argparse.Namespace) -> int:
+    key: str = args.key
+
+    def find(store: Store) -> OutboxItem | None:
+        if key.isascii() and key.isdigit():
+            return store.outbox_item(int(key)) if int(key) <= LONG_RANGE[1] else None
+        found = store.outbox_by_message_ids([key])
+        return found[0] if found else None
+
+    item = _from_store(args, find)
+    if item is None:
+        print(f"smile-gateway: no outbox item {key} (`outbox list` shows them)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    # the body as it is sent, on stdout; the rest on stderr (as `dead-letters show`)
+    tries = f" after {item.attempts} attempt(s)" if item.attempts else ""
+    print(f"# outbox {item.id}, {item.channel}, {item.status}{tries}, created "
+          f"{_iso(item.created_at)}, changed {_iso(item.updated_at)}"
+          + (f": {item.last_error}" if item.last_error else ""), file=sys.stderr)
+    key_header = "gateway-message-id" if item.channel == BROKER else "Idempotency-Key"
+    for name, value in sorted({key_header: item.message_id, **item.headers}.items()):
+        print(f"# {name}: {value}", file=sys.stderr)
+    sys.stdout.buffer.write(item.body)
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -763,6 +790,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_count, default=1000, help="the newest N (1000)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_outbox_list)
+    p = osub.add_parser("show", parents=[common],
+                        help="one item's body on stdout, its status and headers on stderr")
+    p.add_argument("key", metavar="ID|MESSAGE-ID",
+                   help="its outbox id, or its gateway-message-id (Idempotency-Key)")
+    p.set_defaults(func=cmd_outbox_show)
     p = osub.add_parser("replay", parents=[common], help="re-queue items (dead letters)")
     p.add_argument("ids", nargs="*", type=_long, metavar="ID")
     p.add_argument("--dead", action="store_true", help="every dead item")

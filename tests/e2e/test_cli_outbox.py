@@ -415,3 +415,34 @@ def test_the_outbox_is_listed_for_one_subscription_and_says_when_the_limit_cut_i
         "6 item(s)")
     bad = run_cli(["outbox", "list", "--channel", "smtp"], env=env)
     assert bad.returncode == 2 and "invalid choice: 'smtp'" in bad.stderr
+
+
+def test_one_outbox_item_is_shown_as_it_is_sent_by_its_id_or_its_message_id(
+        tmp_path: Path) -> None:
+    """What the broker or the order system was given (or refused): the document or event on
+    stdout, byte for byte; its status, last error and headers on stderr."""
+    from adapters.sql_store import SqlStore
+    from gateway.ports import BROKER, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    body = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    store.enqueue([NewOutboxItem(BROKER, "6f1c-msg", "2142426765", "SubscriptionActivated",
+                                 {"smileMessageType": "SubscriptionActivated",
+                                  "usn": "2142426765"}, body)])
+    [row] = store.claim(BROKER, 1, now=1e12)
+    store.mark_failed(row.id, "ERROR from the broker: not authorised", retry_at=0.0, dead=True)
+    store.close()
+    for key in (str(row.id), "6f1c-msg"):
+        shown = run_cli(["outbox", "show", key], env=env, stdin=b"")
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout == body
+        err = shown.stderr.decode()
+        assert err.startswith(f"# outbox {row.id}, broker, dead after 1 attempt(s), ")
+        assert "ERROR from the broker: not authorised" in err
+        assert "# gateway-message-id: 6f1c-msg\n" in err
+        assert "# smileMessageType: SubscriptionActivated\n" in err
+    for key in ("999", "no-such-message"):
+        missing = run_cli(["outbox", "show", key], env=env)
+        assert missing.returncode == 1
+        assert f"no outbox item {key} (`outbox list` shows them)" in missing.stderr

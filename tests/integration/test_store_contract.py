@@ -179,6 +179,14 @@ def test_the_outbox_is_listed_newest_last_by_status_channel_and_subscription(sto
     assert names(usn="nobody") == []
 
 
+def test_one_outbox_item_is_read_by_its_id(store) -> None:
+    store.enqueue([item("a"), item("b", "u2")])
+    a, b = store.outbox()
+    assert store.outbox_item(b.id) == b
+    assert store.outbox_item(a.id).body == b"<x>\x00\xff</x>"  # the bytes as queued
+    assert store.outbox_item(b.id + 1000) is None
+
+
 def test_only_a_dead_item_is_discarded_and_it_keeps_its_last_error(store) -> None:
     store.enqueue([item("dead-1"), item("dead-2", "u2"), item("waiting", "u3")])
     by_id = {i.message_id: i.id for i in store.claim(BROKER, 10, now=1e12)}
