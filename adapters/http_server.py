@@ -10,9 +10,9 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
 
-from adapters.webhook import PROBLEM, problem_json
+from adapters.webhook import PROBLEM, loggable, problem_json
 from gateway.config import WebhookSettings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, clip
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ class _ProblemErrorTask(ErrorTask):  # type: ignore[misc]
             detail = f"body is over the limit of {limit} bytes"
         else:
             title, detail = str(error.reason), str(error.body)
+        req = self.request  # as far as waitress parsed it
+        log.info("refused %s %s: %d %s: %s (from %s)", req.command or "?",
+                 loggable(clip(req.path or "?", 200)), code, title, loggable(clip(detail)),
+                 self.channel.addr[0] if self.channel.addr else "?")
         body = problem_json(code, title, detail).encode()
         self.status = f"{code} {error.reason}"
         self.response_headers.append(("Content-Type", PROBLEM))

@@ -124,7 +124,28 @@ def _bounded_int(text: str) -> int:
 
 
 def _translate(exc: Exception) -> Response:
-    """The one map from exceptions to HTTP responses."""
+    """The one map from exceptions to HTTP responses; each refusal (4xx) is logged too, as
+    the sender was answered, so that an operator asked why a sender's requests fail finds
+    why, and from whom."""
+    response = _problem_for(exc)
+    if response.status_code < 500:  # 5xx are logged where they arise, as errors
+        answered = json.loads(response.get_data())
+        webhook_id = request.environ.get("HTTP_WEBHOOK_ID")
+        log.info("refused %s %s: %d %s: %s (from %s%s)", request.method,
+                 loggable(clip(request.path, 200)), response.status_code, answered["title"],
+                 loggable(clip(answered["detail"])), request.remote_addr or "?",
+                 f", webhook-id {loggable(clip(webhook_id, 120))}" if webhook_id else "")
+    return response
+
+
+def loggable(text: str) -> str:
+    """Text from a request as one log line can carry it: with a control character (a forged
+    line, a terminal escape) quoted and escaped."""
+    return text if text.isprintable() else repr(text)
+
+
+def _problem_for(exc: Exception) -> Response:
+    """The problem+json answer for an exception (the one map of them)."""
     if isinstance(exc, _Problem):
         response = problem(exc.status, exc.title, exc.detail, exc.errors)
         response.headers.update(exc.headers)

@@ -165,6 +165,12 @@ def test_hostile_and_malformed_requests_get_4xx_never_5xx(gateway) -> None:
         assert r.json()["status"] == r.status_code
     assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
     assert len(results) > 40
+    # each one is in the log too, as answered (waitress's own refusals as well)
+    refused = [line for line in gateway.log.read_text().splitlines() if " refused " in line]
+    assert len(refused) == len(results), "\n".join(refused)
+    assert any(": 413 Content Too Large: " in line for line in refused)
+    assert any(": 431 " in line or "Request Header Fields Too Large" in line
+               for line in refused), "\n".join(refused)
 
 
 def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:

@@ -591,3 +591,38 @@ def test_the_identity_coding_is_the_body_as_it_is(client, coding: str) -> None:
                                  "X-Smile-Message-Type": "SubscriptionReadyToProvision",
                                  "X-Smile-Provision-Request-Id": "12"})
     assert r.status_code == 202, r.json
+
+
+def test_each_refusal_is_logged_with_why_and_from_where(settings, codec, tmp_path,
+                                                        caplog) -> None:
+    """The sender sees the problem+json; the operator, asked why Smile's posts fail, finds
+    the same in the gateway's log: route, status, why, the peer and the webhook-id."""
+    import logging
+
+    client, _ = build(settings, codec, tmp_path, secret=SECRET)
+    caplog.set_level(logging.INFO, logger="adapters.webhook")
+    r = post_xml(client, RTP, **{"webhook-id": "msg_7", "webhook-timestamp": "1",
+                                 "webhook-signature": "v1,AAAA"})
+    assert r.status_code == 401
+    refusals = [rec for rec in caplog.records if rec.name == "adapters.webhook"]
+    assert [rec.getMessage() for rec in refusals] == [
+        "refused POST /smile/messages: 401 Unauthorized: webhook-timestamp is outside the "
+        "300s window (from 127.0.0.1, webhook-id msg_7)"]
+    assert refusals[0].levelno == logging.INFO
+    caplog.clear()
+    assert client.get("/nope").status_code == 404
+    assert client.post("/orders/events", data="{", content_type="application/json",
+                       headers={"webhook-id": "x\x1b[2Kforged"}).status_code == 401
+    messages = [rec.getMessage() for rec in caplog.records if rec.name == "adapters.webhook"]
+    assert messages[0].startswith("refused GET /nope: 404 Not Found: The requested URL")
+    assert messages[0].endswith("(from 127.0.0.1)")
+    assert messages[1].endswith(r"(from 127.0.0.1, webhook-id 'x\x1b[2Kforged')")  # as data
+    caplog.clear()
+    timestamp = str(int(time.time()))
+    ok = post_xml(client, RTP, **{"webhook-id": "msg_8", "webhook-timestamp": timestamp,
+                                  "webhook-signature": sign(SECRET_KEY, "msg_8", timestamp,
+                                                            RTP),
+                                  "X-Smile-Message-Type": "SubscriptionReadyToProvision",
+                                  "X-Smile-Provision-Request-Id": "12"})
+    assert ok.status_code == 202, ok.json
+    assert not [rec for rec in caplog.records if rec.name == "adapters.webhook"]  # quiet
