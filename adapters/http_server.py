@@ -34,9 +34,12 @@ class _ProblemErrorTask(ErrorTask):  # type: ignore[misc]
             detail = f"body is over the limit of {limit} bytes"
         else:
             title, detail = str(error.reason), str(error.body)
-        req = self.request  # as far as waitress parsed it
-        log.info("refused %s %s: %d %s: %s (from %s)", req.command or "?",
-                 loggable(clip(req.path or "?", 200)), code, title, loggable(clip(detail)),
+        # the request as far as waitress parsed it: a start line it could not read set no
+        # command or path (and an error here would leave the client without an answer)
+        method = getattr(self.request, "command", None) or "?"
+        path = getattr(self.request, "path", None) or "?"
+        log.info("refused %s %s: %d %s: %s (from %s)", loggable(clip(method, 20)),
+                 loggable(clip(path, 200)), code, title, loggable(clip(detail)),
                  self.channel.addr[0] if self.channel.addr else "?")
         body = problem_json(code, title, detail).encode()
         self.status = f"{code} {error.reason}"

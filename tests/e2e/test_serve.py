@@ -189,6 +189,8 @@ def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:
         assert answer.startswith(b"HTTP/1.0 400 ")
         assert b"\r\nContent-Type: application/problem+json\r\n" in answer
         assert answer.endswith(b'"status": 400, "detail": "Start line is invalid"}')
+    assert "refused ? ?: 400 Bad Request: Start line is invalid (from 127.0.0.1)" in (
+        gateway.log.read_text())
 
 
 def test_a_port_already_taken_is_a_clear_start_up_error(tmp_path: Path) -> None:
