@@ -10,7 +10,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
 
-from adapters.webhook import PROBLEM, loggable, problem_json
+from adapters.webhook import PROBLEM, problem_json
 from gateway.config import WebhookSettings
 from gateway.errors import ConfigError, clip
 
@@ -38,9 +38,8 @@ class _ProblemErrorTask(ErrorTask):  # type: ignore[misc]
         # command or path (and an error here would leave the client without an answer)
         method = getattr(self.request, "command", None) or "?"
         path = getattr(self.request, "path", None) or "?"
-        log.info("refused %s %s: %d %s: %s (from %s)", loggable(clip(method, 20)),
-                 loggable(clip(path, 200)), code, title, loggable(clip(detail)),
-                 self.channel.addr[0] if self.channel.addr else "?")
+        log.info("refused %s %s: %d %s: %s (from %s)", clip(method, 20), clip(path, 200), code,
+                 title, clip(detail), self.channel.addr[0] if self.channel.addr else "?")
         body = problem_json(code, title, detail).encode()
         self.status = f"{code} {error.reason}"
         self.response_headers.append(("Content-Type", PROBLEM))

@@ -126,22 +126,16 @@ def _bounded_int(text: str) -> int:
 def _translate(exc: Exception) -> Response:
     """The one map from exceptions to HTTP responses; each refusal (4xx) is logged too, as
     the sender was answered, so that an operator asked why a sender's requests fail finds
-    why, and from whom."""
+    why, and from whom (control characters from the request escaped by the log's format)."""
     response = _problem_for(exc)
     if response.status_code < 500:  # 5xx are logged where they arise, as errors
         answered = json.loads(response.get_data())
         webhook_id = request.environ.get("HTTP_WEBHOOK_ID")
-        log.info("refused %s %s: %d %s: %s (from %s%s)", request.method,
-                 loggable(clip(request.path, 200)), response.status_code, answered["title"],
-                 loggable(clip(answered["detail"])), request.remote_addr or "?",
-                 f", webhook-id {loggable(clip(webhook_id, 120))}" if webhook_id else "")
+        log.info("refused %s %s: %d %s: %s (from %s%s)", request.method,  # on one line:
+                 clip(request.path, 200), response.status_code, answered["title"],  # logs.py
+                 clip(answered["detail"]), request.remote_addr or "?",
+                 f", webhook-id {clip(webhook_id, 120)}" if webhook_id else "")
     return response
-
-
-def loggable(text: str) -> str:
-    """Text from a request as one log line can carry it: with a control character (a forged
-    line, a terminal escape) quoted and escaped."""
-    return text if text.isprintable() else repr(text)
 
 
 def _problem_for(exc: Exception) -> Response:

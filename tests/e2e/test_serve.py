@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -166,8 +167,13 @@ def test_hostile_and_malformed_requests_get_4xx_never_5xx(gateway) -> None:
     assert requests.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
     assert len(results) > 40
     # each one is in the log too, as answered (waitress's own refusals as well)
-    refused = [line for line in gateway.log.read_text().splitlines() if " refused " in line]
+    lines = gateway.log.read_text().splitlines()
+    refused = [line for line in lines if " refused " in line]
     assert len(refused) == len(results), "\n".join(refused)
+    # one line each, whatever the request held (a NUL in a path, bytes that are no UTF-8)
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line)
+               for line in lines), "\n".join(lines)
+    assert any("refused GET /subscriptions/\\x00" in line for line in refused)
     assert any(": 413 Content Too Large: " in line for line in refused)
     assert any(": 431 " in line or "Request Header Fields Too Large" in line
                for line in refused), "\n".join(refused)

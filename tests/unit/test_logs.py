@@ -39,3 +39,25 @@ def test_json_lines_carry_a_utc_millisecond_time_and_the_traceback(
     assert second["level"] == "ERROR"
     assert second["exception"].startswith("Traceback (most recent call last):")
     assert second["exception"].endswith("RuntimeError: a bug")
+
+
+def test_a_text_line_is_one_line_whatever_its_message_carries(
+        root_restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reason from a document or a broker can hold line breaks and terminal escapes: in
+    the text format they are escaped, so that no message can forge or split a line; a
+    traceback still follows on its own lines."""
+    configure_logging(LoggingSettings(level="INFO", format="text"))
+    log = logging.getLogger("gateway.test")
+    log.warning("dead letter reason=%s",
+                "3 violations:\n  line 4: x\r\n2026 INFO forged\x1b[2K\x9b2K\u2028é")
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        log.exception("relay failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(
+        r"WARNING gateway.test dead letter reason=3 violations:\n  line 4: x\r\n2026 INFO "
+        r"forged\x1b[2K\x9b2K\u2028é")
+    assert lines[1].endswith("ERROR gateway.test relay failed")
+    assert lines[2] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: a bug"
