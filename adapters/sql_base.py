@@ -110,6 +110,20 @@ class SqlStoreBase:
             "SELECT channel, status, COUNT(*) FROM outbox GROUP BY channel, status").fetchall())
         return {(channel, status): n for channel, status, n in rows}
 
+    def oldest_pending(self) -> dict[str, float]:
+        # per channel, the first pending row by the (channel, status, id) index: ids grow
+        # with time, so it is the oldest, found without a scan
+        def read(c: Connection) -> dict[str, float]:
+            found = {}
+            for channel in (BROKER, FORWARD):
+                row = c.execute("SELECT created_at FROM outbox WHERE channel = ? AND status = ? "
+                                "ORDER BY id LIMIT 1", (channel, PENDING)).fetchone()
+                if row is not None:
+                    found[channel] = float(row[0])
+            return found
+
+        return self._read(read)
+
     def ping(self) -> None:
         self._read(lambda c: c.execute("SELECT 1").fetchone())
 

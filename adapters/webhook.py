@@ -31,7 +31,7 @@ from gateway.errors import (
     clip,
 )
 from gateway.events import parse_order_event, parse_tmf622_event
-from gateway.ports import Store
+from gateway.ports import BROKER, FORWARD, Store
 from gateway.service import GatewayService
 from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_key, verify
 
@@ -176,11 +176,13 @@ def _problem_for(exc: Exception) -> Response:
 
 
 class _StoreCollector:
-    """Outbox sizes per channel and status, and dead letters per source (all, and those not
-    settled), read from the store at scrape time."""
+    """Outbox sizes per channel and status, the age of each channel's oldest pending item,
+    and dead letters per source (all, and those not settled), read from the store at scrape
+    time."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self.store = store
+        self.clock = clock
 
     def collect(self) -> Any:
         family = GaugeMetricFamily("smile_gateway_outbox_items", "Outbox items by status",
@@ -188,6 +190,9 @@ class _StoreCollector:
         letters = GaugeMetricFamily("smile_gateway_dead_letters",
                                     "Inbound documents refused and kept, by source",
                                     labels=["source"])
+        oldest = GaugeMetricFamily("smile_gateway_outbox_oldest_pending_seconds",
+                                   "Age of the oldest pending outbox item (0: none pending)",
+                                   labels=["channel"])
         outstanding = GaugeMetricFamily("smile_gateway_dead_letters_outstanding",
                                         "Dead letters not settled (replayed or "
                                         "discarded), by source",
@@ -195,12 +200,18 @@ class _StoreCollector:
         try:
             for (channel, status), count in sorted(self.store.counts().items()):
                 family.add_metric([channel, status], count)
+            queued = self.store.oldest_pending()
+            now = self.clock()
+            for channel in (BROKER, FORWARD):
+                at = queued.get(channel)
+                oldest.add_metric([channel], 0.0 if at is None else max(0.0, now - at))
             for source, (kept, waiting) in sorted(self.store.dead_letter_counts().items()):
                 letters.add_metric([source], kept)
                 outstanding.add_metric([source], waiting)
         except StoreError:
             pass
         yield family
+        yield oldest
         yield letters
         yield outstanding
 
@@ -226,7 +237,7 @@ def create_app(service: GatewayService, settings: Settings,
     accepted = Counter("smile_gateway_documents_accepted", "Smile documents accepted",
                        ["source"], registry=registry)
     accepted_webhook = accepted.labels("webhook")
-    registry.register(_StoreCollector(service.store))
+    registry.register(_StoreCollector(service.store, clock))
 
     # Labelled children by (route, status): routes and statuses are few, and a labels() call
     # costs more than the increment itself.

@@ -245,6 +245,10 @@ class Store(Protocol):
         """Outbox items per (channel, status)."""
         ...
 
+    def oldest_pending(self) -> dict[str, float]:
+        """Per channel with pending items, when its oldest pending item was queued."""
+        ...
+
     def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
         """Delete what is done with: outbox items sent, suppressed or discarded, and dedupe
         keys, last changed before `before`, and dead letters settled (replayed or discarded)

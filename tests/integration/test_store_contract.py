@@ -179,6 +179,20 @@ def test_the_outbox_is_listed_newest_last_by_status_channel_and_subscription(sto
     assert names(usn="nobody") == []
 
 
+def test_the_oldest_pending_item_of_each_channel_is_found(store) -> None:
+    now = [100.0]
+    store.clock = lambda: now[0]
+    assert store.oldest_pending() == {}
+    store.enqueue([item("b1"), item("f1", channel=FORWARD)])
+    now[0] = 200.0
+    store.enqueue([item("b2", "u2"), item("f2", "u2", FORWARD)])
+    assert store.oldest_pending() == {BROKER: 100.0, FORWARD: 100.0}
+    claimed = {i.message_id: i.id for i in store.claim(BROKER, 10, now=1e12)}
+    store.mark_sent([claimed["b1"]])
+    store.mark_failed(claimed["b2"], "refused", retry_at=0.0, dead=True)
+    assert store.oldest_pending() == {FORWARD: 100.0}  # a dead item waits for no one
+
+
 def test_one_outbox_item_is_read_by_its_id(store) -> None:
     store.enqueue([item("a"), item("b", "u2")])
     a, b = store.outbox()

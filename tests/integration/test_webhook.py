@@ -438,12 +438,31 @@ def test_metrics_count_the_outbox_and_the_dead_letters_from_the_store(settings, 
     assert 'smile_gateway_dead_letters_outstanding{source="broker"} 2.0' in metrics
     service.store.mark_dead_letter_replayed(replayed, "accepted")
     metrics = client.get("/metrics").data.decode()
-    assert 'smile_gateway_dead_letters{source="broker"} 2.0' in metrics  # kept: never falls
+    assert 'smile_gateway_dead_letters{source="broker"} 2.0' in metrics  # kept (retention)
     assert 'smile_gateway_dead_letters_outstanding{source="broker"} 1.0' in metrics
     client.post("/orders/events", json={"eventId": "e-m", "usn": "2142426762",
                                         "vocabulary": "order", "state": "accepted"})
     metrics = client.get("/metrics").data.decode()
     assert 'smile_gateway_outbox_items{channel="broker",status="suppressed"} 1.0' in metrics
+    # nothing pending: the age of the oldest pending item is 0 on both channels
+    assert 'smile_gateway_outbox_oldest_pending_seconds{channel="broker"} 0.0' in metrics
+    assert 'smile_gateway_outbox_oldest_pending_seconds{channel="forward"} 0.0' in metrics
+
+
+def test_the_age_of_the_oldest_pending_item_is_a_metric(settings, codec, tmp_path) -> None:
+    """A pending count that holds steady can hide a relay stuck on one message: the age of
+    the oldest pending item, per channel, is what an alert wants."""
+    from gateway.ports import FORWARD, NewOutboxItem
+
+    s = settings
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}", clock=lambda: 1000.0)
+    service = GatewayService(s, codec, store, Translator(s.mapping, codec, InMemoryRequestIds()))
+    client = create_app(service, s, {}, clock=lambda: 1090.5).test_client()
+    store.enqueue([NewOutboxItem(FORWARD, "ev-1", "u1", "SubscriptionActivated", {}, b"{}")])
+    metrics = client.get("/metrics").data.decode()
+    assert "# TYPE smile_gateway_outbox_oldest_pending_seconds gauge" in metrics
+    assert 'smile_gateway_outbox_oldest_pending_seconds{channel="forward"} 90.5' in metrics
+    assert 'smile_gateway_outbox_oldest_pending_seconds{channel="broker"} 0.0' in metrics
 
 
 def test_the_openapi_file_describes_every_route(client) -> None:
