@@ -52,6 +52,15 @@ class _Channel(HTTPChannel):  # type: ignore[misc]
     error_task_class = _ProblemErrorTask
 
 
+def _proxy(address: str) -> dict[str, Any]:
+    """waitress's settings for one trusted reverse proxy: from it, the last X-Forwarded-For
+    hop is the peer and X-Forwarded-Proto the scheme; from anyone else both are dropped."""
+    if not address:
+        return {}
+    return {"trusted_proxy": address, "trusted_proxy_count": 1,
+            "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}}
+
+
 class WaitressServer:
     """Serves a WSGI app on the webhook's host and port until `run` is interrupted.
 
@@ -60,6 +69,7 @@ class WaitressServer:
     """
 
     def __init__(self, app: Any, settings: WebhookSettings) -> None:
+        self.trusted_proxy = settings.trusted_proxy
         sockets: dict[int, Any] = {}  # waitress's socket map: each listener registers in it
         try:
             self.server = create_server(
@@ -67,7 +77,7 @@ class WaitressServer:
                 threads=settings.threads,
                 max_request_body_size=settings.max_body_bytes + _SLACK,
                 max_request_header_size=65536, channel_timeout=30, ident="smile-gateway",
-                clear_untrusted_proxy_headers=True)
+                clear_untrusted_proxy_headers=True, **_proxy(settings.trusted_proxy))
         except OSError as exc:  # the port is taken, the address is not this machine's, ...
             raise ConfigError("webhook.port", f"cannot listen on {settings.host}:"
                               f"{settings.port}: {exc.strerror or exc}") from exc
@@ -88,8 +98,10 @@ class WaitressServer:
     def run(self) -> None:
         for listener in self.listeners:
             host = listener.effective_host
-            log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host,
-                     int(listener.effective_port))
+            log.info("listening on http://%s:%d%s", f"[{host}]" if ":" in host else host,
+                     int(listener.effective_port),
+                     f" (X-Forwarded-For believed from the trusted proxy {self.trusted_proxy})"
+                     if self.trusted_proxy else "")
         self.server.run()
 
     def close(self) -> None:

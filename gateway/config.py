@@ -8,6 +8,7 @@ over that. Secrets come from the environment only.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import ssl
@@ -125,6 +126,8 @@ class WebhookSettings:
     tmf622_usn_path: str
     tmf622_external_id_owner: str = ""
     secret: str = ""
+    # the reverse proxy's address: its X-Forwarded-For and -Proto are believed ("" = none's)
+    trusted_proxy: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +559,14 @@ def load_settings(path: str | Path | None = None,
         if host.lower() == broker.host.lower() and port == broker.port:
             raise ConfigError("broker.failover", f"{endpoint_text(host, port)!r} is "
                               "broker.host:broker.port itself: list the other brokers")
+    proxy = sections["webhook"].trusted_proxy
+    if proxy:
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            raise ConfigError("webhook.trusted_proxy", f"{proxy!r} is not an IP address (the "
+                              "proxy's, as the gateway sees it)",
+                              ("\"\" (none)", "127.0.0.1", "::1")) from None
     usn_path = sections["webhook"].tmf622_usn_path
     if not all(part.strip() for part in usn_path.split(".")):
         raise ConfigError("webhook.tmf622_usn_path", f"{usn_path!r} is not a dotted path of "

@@ -347,3 +347,23 @@ def test_an_order_system_that_never_finishes_its_answer_does_not_hold_the_shutdo
             assert gw.stop() == 0, gw.log.read_text()  # within 30 s, a POST in progress or not
     [row] = json.loads(run_cli(["outbox", "list", "--format", "json"], env=gw.env).stdout)
     assert row["status"] == "pending" and row["attempts"] >= 1
+
+
+@pytest.mark.parametrize("trusted", ["", "127.0.0.1"])
+def test_the_peer_behind_a_trusted_proxy_is_the_forwarded_address(tmp_path: Path,
+                                                                  trusted: str) -> None:
+    """Behind a TLS-terminating proxy every request comes from the proxy's address: with
+    webhook.trusted_proxy set to it, its X-Forwarded-For names the sender (in the log and
+    to the app); from anyone else, or with none set, the header is dropped, not believed."""
+    gw = GatewayProcess(tmp_path, {"GATEWAY_WEBHOOK__TRUSTED_PROXY": trusted}).start()
+    try:
+        r = requests.post(f"{gw.url}/orders/events", data="{", timeout=10, headers={
+            "Content-Type": "application/json", "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-Proto": "https"})
+        assert r.status_code == 400
+    finally:
+        assert gw.stop() == 0, gw.log.read_text()
+    [line] = [line for line in gw.log.read_text().splitlines() if " refused " in line]
+    assert line.endswith("(from 203.0.113.9)" if trusted else "(from 127.0.0.1)"), line
+    if trusted:
+        assert "trusted proxy 127.0.0.1" in gw.log.read_text()

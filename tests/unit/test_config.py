@@ -145,6 +145,9 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
      "'127.0.0.1:61613' is broker.host:broker.port itself"),
     ("broker:\n  failover: ['b2:61613', 'b2:61613']\n", "broker.failover",
      "'b2:61613' is listed twice"),
+    ("webhook:\n  trusted_proxy: proxy.example.net\n", "webhook.trusted_proxy",
+     "'proxy.example.net' is not an IP address (the proxy's, as the gateway sees it)"),
+    ("webhook:\n  trusted_proxy: 10.0.0.0/8\n", "webhook.trusted_proxy", "not an IP address"),
 ])
 def test_bad_configuration_names_the_key(tmp_path: Path, text: str, key: str, words: str) -> None:
     cfg = tmp_path / "bad.yaml"
