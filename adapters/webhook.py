@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
+import gateway
 from gateway.config import Settings
 from gateway.errors import (
     DocumentInvalidError,
@@ -37,7 +38,8 @@ from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_key, ve
 
 log = logging.getLogger(__name__)
 
-OPENAPI = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+# docs/openapi.yaml, linked from the gateway package (a copy in a wheel)
+OPENAPI = Path(gateway.__file__).with_name("openapi.yaml")
 XML_TYPES = ("application/xml", "text/xml")
 PROBLEM = "application/problem+json"
 
