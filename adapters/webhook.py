@@ -34,7 +34,7 @@ from gateway.errors import (
 from gateway.events import parse_order_event, parse_tmf622_event
 from gateway.ports import BROKER, FORWARD, Store
 from gateway.service import GatewayService
-from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_key, verify
+from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_keys, verify
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def create_app(service: GatewayService, settings: Settings,
                       JSON_SORT_KEYS=False)
     if test_config:
         app.config.update(test_config)
-    key = secret_key(settings.webhook.secret) if settings.webhook.secret else None
+    keys = secret_keys(settings.webhook.secret) if settings.webhook.secret else None
     checks = dict(ready_checks or {})
 
     registry = CollectorRegistry()
@@ -290,9 +290,9 @@ def create_app(service: GatewayService, settings: Settings,
 
     def signed(req: Request, data: bytes) -> str | None:
         """The webhook-id when signatures are on (verified), else the header as given."""
-        if key is not None:
+        if keys is not None:
             headers = {name: _header(req, name) or "" for name in SIGNATURE_HEADERS}
-            return verify(key, headers, data, clock(), settings.webhook.tolerance_s)
+            return verify(keys, headers, data, clock(), settings.webhook.tolerance_s)
         return _header(req, "webhook-id")
 
     def json_body() -> Any:

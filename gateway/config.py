@@ -23,7 +23,7 @@ import yaml
 from gateway.domain import MESSAGE_TYPES
 from gateway.errors import ConfigError
 from gateway.mapping import StateMapping, load_mapping
-from gateway.signatures import secret_key
+from gateway.signatures import secret_keys
 
 # libyaml's loader when PyYAML was built with it: 4x faster start-up for every command.
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -541,7 +541,7 @@ def load_settings(path: str | Path | None = None,
             raise ConfigError(f"{name}.destination", f"{dest!r} is not a STOMP destination",
                               ("/queue/NAME", "/topic/NAME"))
     if sections["webhook"].secret:
-        secret_key(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
+        secret_keys(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
     for name, key, low, high in _RANGES:
         value = getattr(sections[name], key)
         if not low <= value <= (high if high is not None else math.inf):

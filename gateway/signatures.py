@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from gateway.errors import ConfigError, GatewayError
 
@@ -18,17 +18,29 @@ class SignatureError(GatewayError):
     """A webhook request is unsigned, wrongly signed, or outside the time window (401)."""
 
 
-def secret_key(secret: str) -> bytes:
-    """The HMAC key: the base64-decoded bytes after `whsec_`."""
-    if not secret.startswith(PREFIX):
-        raise ConfigError("webhook.secret", f"must be written {PREFIX}<base64>")
-    try:
-        key = base64.b64decode(secret[len(PREFIX):], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ConfigError("webhook.secret", f"the part after {PREFIX} is not base64") from exc
-    if not key:
-        raise ConfigError("webhook.secret", "the key is empty")
-    return key
+def secret_keys(secret: str) -> tuple[bytes, ...]:
+    """The HMAC keys of `webhook.secret`: one `whsec_<base64>` secret, or several separated by
+    spaces while the gateway's own secret is rotated (the new and the old one: a request
+    signed with either is taken). Each key is the base64-decoded bytes after `whsec_`."""
+    parts = secret.split()
+    keys = []
+    for n, part in enumerate(parts or [secret], 1):
+        which = f"the {_ordinal(n)} secret: " if len(parts) > 1 else ""
+        if not part.startswith(PREFIX):
+            raise ConfigError("webhook.secret", f"{which}must be written {PREFIX}<base64>")
+        try:
+            key = base64.b64decode(part[len(PREFIX):], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ConfigError("webhook.secret",
+                              f"{which}the part after {PREFIX} is not base64") from exc
+        if not key:
+            raise ConfigError("webhook.secret", f"{which}the key is empty")
+        keys.append(key)
+    return tuple(keys)
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def sign(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
@@ -38,9 +50,10 @@ def sign(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def verify(key: bytes, headers: Mapping[str, str], body: bytes, now: float,
+def verify(keys: Sequence[bytes], headers: Mapping[str, str], body: bytes, now: float,
            tolerance_s: int) -> str:
-    """Checks the three headers; returns the webhook-id. Raises SignatureError."""
+    """Checks the three headers against each key; returns the webhook-id. Raises
+    SignatureError."""
     msg_id = headers.get("webhook-id")
     stamp = headers.get("webhook-timestamp")
     signatures = headers.get("webhook-signature")
@@ -52,12 +65,14 @@ def verify(key: bytes, headers: Mapping[str, str], body: bytes, now: float,
     timestamp = int(stamp)
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(f"webhook-timestamp is outside the {tolerance_s}s window")
-    expected = sign(key, msg_id, stamp, body).encode()  # over the header as it came
-    # several space-separated signatures allow key rotation; compare each in constant time
+    # over the header as it came; several space-separated signatures allow the sender's key
+    # rotation, several keys the gateway's: every pair compared, each in constant time
+    expected = [sign(key, msg_id, stamp, body).encode() for key in keys]
     matched = False
     for candidate in signatures.split():
         if candidate.startswith("v1,"):
-            matched |= hmac.compare_digest(candidate.encode(), expected)
+            for one in expected:
+                matched |= hmac.compare_digest(candidate.encode(), one)
     if not matched:
         raise SignatureError("no valid v1 signature")
     return msg_id

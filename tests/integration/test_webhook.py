@@ -372,6 +372,23 @@ def test_signatures_are_checked_when_a_secret_is_set(settings, codec, tmp_path) 
     assert r.status_code == 202
 
 
+def test_the_gateway_takes_either_of_two_secrets_while_one_replaces_the_other(
+        settings, codec, tmp_path) -> None:
+    """Rotating the gateway's own secret: with the new and the old one set (space-separated),
+    a sender that still signs with the old key, or already with the new, is taken; once the
+    old one is dropped from webhook.secret, it is refused."""
+    new_key = b"fedcba9876543210fedcba9876543210"
+    new = "whsec_" + base64.b64encode(new_key).decode()
+    both, _ = build(settings, codec, tmp_path, secret=f"{new} {SECRET}")
+    assert post_xml(both, RTP, **signed_headers(RTP, "msg_a", key=SECRET_KEY)).status_code == 202
+    assert post_xml(both, RTP, **signed_headers(RTP, "msg_b", key=new_key)).status_code == 202
+    assert post_xml(both, RTP, **signed_headers(RTP, "msg_c", key=b"k" * 32)).status_code == 401
+    (tmp_path / "later").mkdir()
+    only_new, _ = build(settings, codec, tmp_path / "later", secret=new)
+    assert post_xml(only_new, RTP,
+                    **signed_headers(RTP, "msg_d", key=SECRET_KEY)).status_code == 401
+
+
 def wire(text: str) -> str:
     """A header value as a WSGI server hands it on (PEP 3333: the bytes sent, as latin-1)."""
     return text.encode().decode("latin-1")

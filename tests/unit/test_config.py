@@ -8,6 +8,7 @@ import pytest
 
 from gateway.config import load_settings, redact_url
 from gateway.errors import ConfigError
+from gateway.signatures import secret_keys
 from tests.conftest import ROOT, XSD
 
 
@@ -297,3 +298,19 @@ def test_forward_tls_files_are_checked_at_start(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as caught:
             load_settings(None, env)
         assert str(caught.value).startswith(key_name) and words in str(caught.value), env
+
+
+@pytest.mark.parametrize(("secret", "words"), [
+    ("whsec_c2VjcmV0 whsec_!!", "the 2nd secret: the part after whsec_ is not base64"),
+    ("whsec_c2VjcmV0 c2VjcmV0", "the 2nd secret: must be written whsec_<base64>"),
+    ("   ", "must be written whsec_<base64>"),
+])
+def test_each_of_several_webhook_secrets_is_checked(secret: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"GATEWAY_WEBHOOK__SECRET": secret})
+    assert err.value.key == "webhook.secret" and words in err.value.problem, err.value.problem
+
+
+def test_two_webhook_secrets_are_taken_while_one_replaces_the_other() -> None:
+    s = load_settings(None, {"GATEWAY_WEBHOOK__SECRET": " whsec_bmV3 \t whsec_b2xk "})
+    assert secret_keys(s.webhook.secret) == (b"new", b"old")
