@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -567,6 +568,16 @@ def cmd_dead_letters_discard(args: argparse.Namespace) -> int:
     return EXIT_INVALID if failed else EXIT_OK
 
 
+def _loopback(host: str) -> bool:
+    """Whether a listening address takes this machine's own connections only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a name: it may resolve to any address
+        return False
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Webhook + outbox relays + broker consumer in one process, until SIGTERM, SIGINT or
     SIGHUP (each a graceful stop)."""
@@ -618,11 +629,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     brokers = "" if not (settings.emission.enabled or settings.inbound.enabled) else (
         " broker=" + " or ".join(endpoint_text(*where) for where in broker.endpoints)
         + (" (TLS)" if broker.tls else " (plain text)"))
-    log.info("serving store=%s emission=%s inbound=%s forward=%s%s",
+    secrets = len(settings.webhook.secret.split())
+    log.info("serving store=%s emission=%s inbound=%s forward=%s signatures=%s%s",
              redact_url(settings.store.url),
              "on" if settings.emission.enabled else "off (dry run)",
              settings.inbound.destination if settings.inbound.enabled else "off",
-             settings.forward.url or "off", brokers)
+             settings.forward.url or "off",
+             f"on ({secrets} secret{'s' if secrets > 1 else ''})" if secrets else "off", brokers)
+    if not secrets and not _loopback(settings.webhook.host):
+        log.warning("webhook.host %s takes requests from other machines and webhook.secret is "
+                    "unset: anyone who reaches the port can post documents and events",
+                    settings.webhook.host)
     try:
         server.run()
     except SystemExit:

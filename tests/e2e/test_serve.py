@@ -255,6 +255,23 @@ def test_serve_says_at_start_which_brokers_it_will_use(tmp_path: Path) -> None:
     off = GatewayProcess(tmp_path / "off", {}).start()
     assert off.stop() == 0
     assert "broker=" not in off.log.read_text()
+    assert "signatures=off" in off.log.read_text()
+    assert "WARNING" not in off.log.read_text()  # on loopback: the machine's own callers
+
+
+def test_serve_says_whether_it_checks_signatures_and_warns_when_exposed_without(
+        tmp_path: Path) -> None:
+    secrets = "whsec_bmV3 whsec_b2xk"
+    signed = GatewayProcess(tmp_path, {"GATEWAY_WEBHOOK__SECRET": secrets}).start()
+    assert signed.stop() == 0
+    assert "signatures=on (2 secrets)" in signed.log.read_text()
+    assert secrets.split()[0] not in signed.log.read_text()  # never the secret itself
+    (tmp_path / "open").mkdir()
+    exposed = GatewayProcess(tmp_path / "open", {"GATEWAY_WEBHOOK__HOST": "0.0.0.0"}).start()
+    assert exposed.stop() == 0
+    assert ("WARNING gateway.cli webhook.host 0.0.0.0 takes requests from other machines and "
+            "webhook.secret is unset: anyone who reaches the port can post documents and "
+            "events") in exposed.log.read_text()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
