@@ -17,6 +17,7 @@ command -v xmllint >/dev/null 2>&1 || want+=(libxml2-utils)
 command -v java >/dev/null 2>&1 || want+=(default-jre-headless)
 command -v pg_ctlcluster >/dev/null 2>&1 || want+=(postgresql)
 command -v openssl >/dev/null 2>&1 || want+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || want+=(systemd)  # checks docs/smile-gateway.service
 if [ "${1:-}" = bench ]; then
   command -v valgrind >/dev/null 2>&1 || want+=(valgrind)
 fi
