@@ -16,6 +16,7 @@ from gateway.errors import KeyReusedError, clip
 from gateway.ports import (
     BROKER,
     DEAD,
+    DISCARD_NOTE,
     DISCARDED,
     FORWARD,
     PENDING,
@@ -312,7 +313,7 @@ class SqlStoreBase:
                         "UPDATE outbox SET status = ?, updated_at = ?, last_error = "
                         "SUBSTR(? || COALESCE('; ' || last_error, ''), 1, 1000) "
                         "WHERE id = ? AND status = ?",
-                        (DISCARDED, self.clock(), f"discarded: {reason}", item_id,
+                        (DISCARDED, self.clock(), DISCARD_NOTE + reason, item_id,
                          DEAD)).rowcount:
                     count += 1
                     continue
@@ -407,7 +408,7 @@ class SqlStoreBase:
         return bool(self._transact(lambda conn: conn.execute(
             "UPDATE dead_letters SET replayed_at = ?, replay_outcome = ? "
             "WHERE id = ? AND replayed_at IS NULL",
-            (self.clock(), clip(f"discarded: {reason}", 2000), letter_id)).rowcount))
+            (self.clock(), clip(DISCARD_NOTE + reason, 2000), letter_id)).rowcount))
 
     def dead_letter_counts(self) -> dict[str, tuple[int, int]]:
         rows = self._read(lambda c: c.execute(

@@ -26,7 +26,7 @@ from gateway.errors import (
     StoreError,
     TransitionError,
 )
-from gateway.ports import BROKER, FORWARD, OUTBOX_STATUSES, OutboxItem, Store
+from gateway.ports import BROKER, DISCARD_NOTE, FORWARD, OUTBOX_STATUSES, OutboxItem, Store
 from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
 from gateway.translator import Translator
 
@@ -473,8 +473,9 @@ def cmd_dead_letters_show(args: argparse.Namespace) -> int:
     print(f"# dead letter {letter['id']}, {letter['source']}, {_iso(letter['at'])}: "
           f"{letter['reason']}", file=sys.stderr)
     if letter["replayed"] is not None:
-        print(f"# {_settled(letter['replayed']['outcome'])} {_iso(letter['replayed']['at'])}: "
-              f"{letter['replayed']['outcome']}", file=sys.stderr)
+        outcome = letter["replayed"]["outcome"]
+        print(f"# {_settled(outcome)} {_iso(letter['replayed']['at'])}: "
+              f"{outcome.removeprefix(DISCARD_NOTE)}", file=sys.stderr)
     for name, value in sorted(letter["headers"].items()):
         print(f"# {name}: {value}", file=sys.stderr)
     sys.stdout.buffer.write(letter["body"])
@@ -509,7 +510,7 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
         elif replay.outcome == "replayed before":
             detail = replay.detail or ""
             print(f"note: {name} was {_settled(detail)} before, at {_iso(replay.at or 0)} "
-                  f"({detail.removeprefix(DISCARDED)}): left as it is", file=sys.stderr)
+                  f"({detail.removeprefix(DISCARD_NOTE)}): left as it is", file=sys.stderr)
         elif replay.outcome == "stale":
             failed = True
             print(f"smile-gateway: {name}: not replayed: {replay.detail} (--force replays it "
@@ -529,12 +530,9 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     return EXIT_INVALID if failed else EXIT_OK
 
 
-DISCARDED = "discarded: "  # how a discarded letter's outcome begins (the store's word)
-
-
 def _settled(outcome: str) -> str:
     """How a settled letter was settled, as a verb: replayed or discarded."""
-    return "discarded" if outcome.startswith(DISCARDED) else "replayed"
+    return "discarded" if outcome.startswith(DISCARD_NOTE) else "replayed"
 
 
 def cmd_dead_letters_discard(args: argparse.Namespace) -> int:
@@ -562,7 +560,7 @@ def cmd_dead_letters_discard(args: argparse.Namespace) -> int:
             settled = letter["replayed"]
             outcome = settled["outcome"]
             print(f"note: {name} was {_settled(outcome)} before, at {_iso(settled['at'])} "
-                  f"({outcome.removeprefix(DISCARDED)}): left as it is", file=sys.stderr)
+                  f"({outcome.removeprefix(DISCARD_NOTE)}): left as it is", file=sys.stderr)
     done = sum(1 for _, _, discarded in results if discarded)
     print(f"{done} of {len(results)} dead letter(s) discarded")
     return EXIT_INVALID if failed else EXIT_OK

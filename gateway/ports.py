@@ -72,6 +72,8 @@ FORWARD = "forward"  # outbox channel: JSON events for the order system
 
 PENDING, SENT, SUPPRESSED, DEAD = "pending", "sent", "suppressed", "dead"
 DISCARDED = "discarded"  # dead, then set aside by an operator (`outbox discard`)
+# how the note of a discard begins: an outbox item's last error, a dead letter's outcome
+DISCARD_NOTE = "discarded: "
 OUTBOX_STATUSES = (PENDING, SENT, SUPPRESSED, DEAD, DISCARDED)
 
 
@@ -233,7 +235,7 @@ class Store(Protocol):
         ...
 
     def discard_dead_letter(self, letter_id: int, reason: str) -> bool:
-        """Settle a letter not replayed without taking it (its outcome "discarded: reason");
+        """Settle a letter not replayed without taking it (its outcome DISCARD_NOTE + reason);
         False, changing nothing, when there is no such letter or it is settled already."""
         ...
 
