@@ -254,10 +254,9 @@ class Store(Protocol):
     def prune(self, before: float, batch: int = 1000) -> dict[str, int]:
         """Delete what is done with: outbox items sent, suppressed or discarded, and dedupe
         keys, last changed before `before`, and dead letters settled (replayed or discarded)
-        before it;
-        pending and dead items, outstanding dead letters, snapshots and history stay. Each
-        batch is a short transaction of its own. Returns {"outbox": n, "dedupe": m,
-        "dead_letters": k}."""
+        before it; pending and dead items, outstanding dead letters, snapshots and history
+        stay. Each batch is a short transaction of its own. Returns {"outbox": n,
+        "dedupe": m, "dead_letters": k}."""
         ...
 
     def ping(self) -> None:
