@@ -26,7 +26,16 @@ from gateway.errors import (
     StoreError,
     TransitionError,
 )
-from gateway.ports import BROKER, DISCARD_NOTE, FORWARD, OUTBOX_STATUSES, OutboxItem, Store
+from gateway.ports import (
+    BROKER,
+    DEAD,
+    DISCARD_NOTE,
+    FORWARD,
+    OUTBOX_STATUSES,
+    PENDING,
+    OutboxItem,
+    Store,
+)
 from gateway.presentation import inbound_table, mapping_as_dict, mapping_dot, mapping_table
 from gateway.translator import Translator
 
@@ -566,6 +575,72 @@ def cmd_dead_letters_discard(args: argparse.Namespace) -> int:
     return EXIT_INVALID if failed else EXIT_OK
 
 
+def _duration(seconds: float) -> str:
+    """`1h 5m`, `10m 3s`, `5m`, `42s`: an age as an operator reads it."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What the store holds and whether anything waits for an operator: exit 1 when it does
+    (dead outbox items, outstanding dead letters, a pending item older than --stuck-after)."""
+    settings = _settings(args)
+    counts, oldest, letters = _from_store(args, lambda store: (
+        store.counts(), store.oldest_pending(), store.dead_letter_counts()))
+    now = time.time()
+    outbox: dict[str, dict[str, Any]] = {}
+    for (channel, status), n in sorted(counts.items()):
+        outbox.setdefault(channel, {})[status] = n
+    for channel, at in oldest.items():
+        outbox.setdefault(channel, {})["oldestPendingSeconds"] = round(max(0.0, now - at), 1)
+    attention: list[str] = []
+    dead = sum(n for (_, status), n in counts.items() if status == DEAD)
+    if dead:
+        attention.append(f"{dead} dead outbox item(s): `smile-gateway outbox list --status dead`")
+    waiting = sum(outstanding for _, outstanding in letters.values())
+    if waiting:
+        attention.append(f"{waiting} outstanding dead letter(s): `smile-gateway dead-letters "
+                         "list --outstanding`")
+    for channel, at in sorted(oldest.items()):
+        if now - at > args.stuck_after:
+            attention.append(f"{channel}: the oldest pending item has waited "
+                             f"{_duration(now - at)} (over {_duration(args.stuck_after)}): "
+                             f"`smile-gateway outbox list --status pending --channel {channel}`")
+    if args.format == "json":
+        json.dump({"store": redact_url(settings.store.url), "outbox": outbox,
+                   "deadLetters": {source: {"kept": kept, "outstanding": outstanding}
+                                   for source, (kept, outstanding) in sorted(letters.items())},
+                   "attention": attention}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"store {redact_url(settings.store.url)}")
+        for channel in (BROKER, FORWARD):
+            held = outbox.get(channel, {})
+            parts = []
+            for status in OUTBOX_STATUSES:
+                if held.get(status):
+                    age = held.get("oldestPendingSeconds") if status == PENDING else None
+                    parts.append(f"{status} {held[status]}"
+                                 + (f" (oldest {_duration(age)})" if age is not None else ""))
+            print(f"outbox {channel}: {', '.join(parts) or 'empty'}")
+        for source, (kept, outstanding) in sorted(letters.items()):
+            print(f"dead letters {source}: {kept} kept, {outstanding} outstanding")
+        if not letters:
+            print("dead letters: none")
+        if attention:
+            print("needs attention:")
+            for line in attention:
+                print(f"  {line}")
+        else:
+            print("nothing needs attention")
+    return EXIT_INVALID if attention else EXIT_OK
+
+
 def _loopback(host: str) -> bool:
     """Whether a listening address takes this machine's own connections only."""
     if host.lower() == "localhost":
@@ -681,15 +756,18 @@ def supervised(name: str, work: Callable[[threading.Event], None], stop: threadi
 Command = Callable[[argparse.Namespace], int]
 
 
+def _converted(convert: Callable[[str], T], text: str, what: str) -> T:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
+
+
 def _whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number from `low` (up to `high`, when there is one)."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number, found {text!r}") from None
+        value = _converted(int, text, "a whole number")
         if high is None and value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}")
         if high is not None and not low <= value <= high:
@@ -705,14 +783,16 @@ _jobs = _whole_number(1, 1024)  # worker processes: more than any machine's core
 _long = _whole_number(*LONG_RANGE)  # ids as the schema types them, and a store column holds
 
 
-def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of days, found {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of days above 0, found {text}")
-    return value
+def _positive(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0 of `unit` (days, seconds)."""
+
+    def parse(text: str) -> float:
+        value = _converted(float, text, f"a number of {unit}")
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number of {unit} above 0, found {text}")
+        return value
+
+    return parse
 
 
 def _why(text: str) -> str:
@@ -819,7 +899,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = osub.add_parser("prune", parents=[common],
                         help="delete what retention lets go: sent, suppressed and discarded "
                         "items, dedupe keys, settled dead letters")
-    p.add_argument("--older-than-days", type=_days, metavar="N",
+    p.add_argument("--older-than-days", type=_positive("days"), metavar="N",
                    help="instead of store.retention_days")
     p.set_defaults(func=cmd_outbox_prune)
 
@@ -846,6 +926,13 @@ def build_parser() -> argparse.ArgumentParser:
     _discard_parser(dsub, common, "settle dead letters no fix will make acceptable, saying why",
                     "why (kept with the letter; `dead-letters show` prints it)",
                     cmd_dead_letters_discard)
+
+    p = sub.add_parser("status", parents=[common],
+                       help="what the store holds; exit 1 when something needs an operator")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--stuck-after", type=_positive("seconds"), default=300.0, metavar="SECONDS",
+                   help="a pending item older than this needs attention (300)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")

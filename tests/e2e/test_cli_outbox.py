@@ -446,3 +446,47 @@ def test_one_outbox_item_is_shown_as_it_is_sent_by_its_id_or_its_message_id(
         missing = run_cli(["outbox", "show", key], env=env)
         assert missing.returncode == 1
         assert f"no outbox item {key} (`outbox list` shows them)" in missing.stderr
+
+
+def test_status_sums_up_the_store_and_exits_1_when_something_needs_attention(
+        tmp_path: Path) -> None:
+    """One command for a cron job or a monitoring check, with or without a running serve:
+    what the outbox and the dead letters hold, and whether anything waits for an operator."""
+    import time
+
+    from adapters.sql_store import SqlStore
+    from gateway.ports import BROKER, FORWARD, SUPPRESSED, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    calm = run_cli(["status"], env=env)
+    assert calm.returncode == 0, calm.stderr
+    assert calm.stdout.splitlines()[-1] == "nothing needs attention"
+    store = SqlStore(env["GATEWAY_STORE__URL"], clock=lambda: time.time() - 600)
+    store.enqueue([NewOutboxItem(FORWARD, "ev-1", "u1", "SubscriptionActivated", {}, b"{}"),
+                   NewOutboxItem(FORWARD, "ev-2", "u2", "SubscriptionActivated", {}, b"{}"),
+                   NewOutboxItem(BROKER, "m-1", "u1", "SubscriptionEnabled", {}, b"<x/>",
+                                 SUPPRESSED)])
+    dead = next(i.id for i in store.claim(FORWARD, 10, now=1e12) if i.message_id == "ev-2")
+    store.mark_failed(dead, "HTTP 422", retry_at=0.0, dead=True)
+    store.add_dead_letter("broker", "invalid", {}, b"<x/>")
+    store.close()
+    done = run_cli(["status"], env=env)
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert "outbox broker: suppressed 1" in lines
+    assert any(line.startswith("outbox forward: pending 1 (oldest 10m") and
+               line.endswith(", dead 1") for line in lines), lines
+    assert "dead letters broker: 1 kept, 1 outstanding" in lines
+    assert lines[-4:-1] == [
+        "needs attention:",
+        "  1 dead outbox item(s): `smile-gateway outbox list --status dead`",
+        "  1 outstanding dead letter(s): `smile-gateway dead-letters list --outstanding`"]
+    assert lines[-1].startswith("  forward: the oldest pending item has waited 10m")
+    assert lines[-1].endswith("(over 5m): `smile-gateway outbox list --status pending "
+                              "--channel forward`")
+    as_json = json.loads(run_cli(["status", "--format", "json", "--stuck-after", "60"],
+                                 env=env).stdout)
+    assert as_json["outbox"]["forward"]["pending"] == 1
+    assert as_json["outbox"]["forward"]["oldestPendingSeconds"] >= 600
+    assert as_json["deadLetters"] == {"broker": {"kept": 1, "outstanding": 1}}
+    assert len(as_json["attention"]) == 3  # dead, outstanding, and pending past 60 s
