@@ -25,6 +25,7 @@ from gateway.errors import (
     MappingError,
     StoreError,
     TransitionError,
+    printable,
 )
 from gateway.ports import (
     BROKER,
@@ -99,7 +100,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     def missing(path: str, why: str) -> None:
         problems.append(path)
-        print(f"{path}: cannot read: {why}", file=sys.stderr)
+        print(f"{printable(path)}: cannot read: {printable(why)}", file=sys.stderr)
 
     def empty(folder: str) -> None:
         print(f"note: {folder}: no *.xml files in this folder or below", file=sys.stderr)
@@ -127,7 +128,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 else:
                     invalid += 1
                     if not as_json:
-                        out.writelines(f"{shown}:{v.line}:{v.column}: {v.message}\n"
+                        where = printable(shown)  # a sample's text is not the terminal's
+                        out.writelines(f"{where}:{v.line}:{v.column}: {printable(v.message)}\n"
                                        for v in result.violations)
                 if as_json:
                     errors = [] if result is None else [v.as_dict() for v in result.violations]
@@ -315,7 +317,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 print(f"{path}: confirmed gateway-message-id={message_id}")
             else:
                 print(f"{path}: NOT confirmed ({item.status}, attempts {item.attempts}): "
-                      f"{item.last_error or relay.last_failure or 'no receipt yet'}; "
+                      f"{printable(item.last_error or relay.last_failure or 'no receipt yet')}; "
                       f"outbox id {item.id}",
                       file=sys.stderr)
         brokers = " or ".join(endpoint_text(*where) for where in settings.broker.endpoints)
@@ -348,8 +350,8 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'id':>6}  {'channel':8} {'status':10} {'tries':>5}  {'kind':30} {'usn':12} error")
     for i in items:
-        print(f"{i.id:>6}  {i.channel:8} {i.status:10} {i.attempts:>5}  {i.kind:30} "
-              f"{i.usn:12} {i.last_error or ''}")
+        print(f"{i.id:>6}  {i.channel:8} {i.status:10} {i.attempts:>5}  "
+              f"{printable(i.kind):30} {printable(i.usn):12} {printable(i.last_error or '')}")
     print(f"{len(items)} item(s)" + (f", the newest (--limit {args.limit}: there may be more)"
                                      if len(items) == args.limit else ""))
     return EXIT_OK
@@ -373,10 +375,10 @@ def cmd_outbox_show(args: argparse.Namespace) -> int:
     tries = f" after {item.attempts} attempt(s)" if item.attempts else ""
     print(f"# outbox {item.id}, {item.channel}, {item.status}{tries}, created "
           f"{_iso(item.created_at)}, changed {_iso(item.updated_at)}"
-          + (f": {item.last_error}" if item.last_error else ""), file=sys.stderr)
+          + (f": {printable(item.last_error)}" if item.last_error else ""), file=sys.stderr)
     key_header = "gateway-message-id" if item.channel == BROKER else "Idempotency-Key"
     for name, value in sorted({key_header: item.message_id, **item.headers}.items()):
-        print(f"# {name}: {value}", file=sys.stderr)
+        print(f"# {printable(name)}: {printable(value)}", file=sys.stderr)
     sys.stdout.buffer.write(item.body)
     sys.stdout.flush()
     return EXIT_OK
@@ -460,10 +462,10 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{'id':>6}  {'at (UTC)':25} {'source':8} {'replayed':9} {'bytes':>7}  reason")
     for d in letters:
-        reason = " ".join(d["reason"].split())
+        reason = printable(" ".join(d["reason"].split()))
         # "discarded: why" in the column as "discarded" (`show` gives the why)
         replayed = d["replayed"]["outcome"].split(":")[0] if d["replayed"] else ""
-        print(f"{d['id']:>6}  {_iso(d['at']):25} {d['source']:8} {replayed:9} "
+        print(f"{d['id']:>6}  {_iso(d['at']):25} {printable(d['source']):8} {replayed:9} "
               f"{len(d['body']):>7}  {reason[:120]}")
     print(f"{len(letters)} dead letter(s)" + (" not settled" if args.outstanding else "")
           + (f", the newest (--limit {args.limit}: there may be more)"
@@ -479,14 +481,14 @@ def cmd_dead_letters_show(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     # the document as it came, on stdout (to fix and post again, or to validate); the rest on
     # stderr, so that a redirect of stdout holds the document alone
-    print(f"# dead letter {letter['id']}, {letter['source']}, {_iso(letter['at'])}: "
-          f"{letter['reason']}", file=sys.stderr)
+    print(f"# dead letter {letter['id']}, {printable(letter['source'])}, "
+          f"{_iso(letter['at'])}: {printable(letter['reason'])}", file=sys.stderr)
     if letter["replayed"] is not None:
         outcome = letter["replayed"]["outcome"]
         print(f"# {_settled(outcome)} {_iso(letter['replayed']['at'])}: "
-              f"{outcome.removeprefix(DISCARD_NOTE)}", file=sys.stderr)
+              f"{printable(outcome.removeprefix(DISCARD_NOTE))}", file=sys.stderr)
     for name, value in sorted(letter["headers"].items()):
-        print(f"# {name}: {value}", file=sys.stderr)
+        print(f"# {printable(name)}: {printable(value)}", file=sys.stderr)
     sys.stdout.buffer.write(letter["body"])
     sys.stdout.flush()
     return EXIT_OK
@@ -522,11 +524,12 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
                   f"({detail.removeprefix(DISCARD_NOTE)}): left as it is", file=sys.stderr)
         elif replay.outcome == "stale":
             failed = True
-            print(f"smile-gateway: {name}: not replayed: {replay.detail} (--force replays it "
-                  "anyway)", file=sys.stderr)
+            print(f"smile-gateway: {name}: not replayed: {printable(replay.detail or '')} "
+                  "(--force replays it anyway)", file=sys.stderr)
         elif replay.outcome == "refused":
             failed = True
-            print(f"smile-gateway: {name}: still refused: {replay.detail}", file=sys.stderr)
+            print(f"smile-gateway: {name}: still refused: {printable(replay.detail or '')}",
+                  file=sys.stderr)
         else:
             failed = True
             print(f"smile-gateway: no dead letter {replay.letter_id} (`dead-letters list` "

@@ -33,6 +33,19 @@ def clip(text: str, limit: int = _MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# C0 and C1 controls and DEL (tab aside), and Unicode's line separators, as escapes
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]
+             if code != 0x09}
+_CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def printable(text: str) -> str:
+    """Text from outside (a request, a document, a broker, an order system) as one line a log
+    or a terminal shows as text: its control characters escaped, so that none can split a
+    line or drive the terminal."""
+    return text.translate(_CONTROLS)
+
+
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
 

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 from gateway.config import LoggingSettings
+from gateway.errors import printable
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,20 +24,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-# C0 and C1 controls and DEL (tab aside), and Unicode's line separators, as escapes: a
-# message is one line, whatever it quotes
-_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)]
-             if code != 0x09}
-_CONTROLS.update({0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
-
-
 class TextFormatter(logging.Formatter):
     """`time level logger message`, the message on one line: line breaks and other control
     characters in it (a reason quoting a document or a broker) escaped; a traceback follows
     on lines of its own, as usual."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = record.message.translate(_CONTROLS)
+        record.message = printable(record.message)
         return super().formatMessage(record)
 
 

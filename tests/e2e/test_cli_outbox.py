@@ -490,3 +490,37 @@ def test_status_sums_up_the_store_and_exits_1_when_something_needs_attention(
     assert as_json["outbox"]["forward"]["oldestPendingSeconds"] >= 600
     assert as_json["deadLetters"] == {"broker": {"kept": 1, "outstanding": 1}}
     assert len(as_json["attention"]) == 3  # dead, outstanding, and pending past 60 s
+
+
+def test_what_a_sender_or_broker_wrote_cannot_drive_the_operators_terminal(
+        tmp_path: Path) -> None:
+    """Headers, reasons and last errors come from outside (a broker's message, an ERROR
+    frame, an order system's answer): the tables and the notes on stderr show their control
+    characters escaped, so a terminal escape in them is text, not a command. A document on
+    stdout stays as it came."""
+    from adapters.sql_store import SqlStore
+    from gateway.ports import FORWARD, NewOutboxItem
+
+    env = env_for(tmp_path, "/queue/x")
+    store = SqlStore(env["GATEWAY_STORE__URL"])
+    body = b"<doc>\x1b[31m</doc>"
+    letter = store.add_dead_letter("broker", "invalid\x1b[2J\nforged line",
+                                   {"x-evil": "\x1b]0;owned\x07"}, body)
+    store.enqueue([NewOutboxItem(FORWARD, "ev-1", "u1", "SubscriptionActivated",
+                                 {"Idempotency-Key": "ev-1"}, b"{}")])
+    [row] = store.claim(FORWARD, 1, now=1e12)
+    store.mark_failed(row.id, "HTTP 422: \x1b[2Jgone\x9b", retry_at=0.0, dead=True)
+    store.close()
+    outputs = []
+    for args in (["dead-letters", "list"], ["outbox", "list"], ["outbox", "show", str(row.id)]):
+        done = run_cli(args, env=env)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout + done.stderr)
+    shown = run_cli(["dead-letters", "show", str(letter)], env=env, stdin=b"")
+    assert shown.stdout == body  # the document, byte for byte
+    outputs.append(shown.stderr.decode())
+    for text in outputs:
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text, text
+    assert "invalid\\x1b[2J\\nforged line" in outputs[3]
+    assert "# x-evil: \\x1b]0;owned\\x07" in outputs[3]
+    assert "HTTP 422: \\x1b[2Jgone\\x9b" in outputs[1] and "\\x1b[2Jgone" in outputs[2]

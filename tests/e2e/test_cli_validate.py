@@ -168,3 +168,19 @@ def test_a_schema_that_does_not_compile_is_a_config_error_naming_schema_path(
     assert (f"smile-gateway: configuration error: schema.path: {schema} is not a usable XML "
             f"Schema: The XML document '{schema}' is not a schema document.") in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_sample_cannot_drive_the_terminal_its_report_is_read_on(tmp_path: Path) -> None:
+    """XML 1.0 carries C1 controls (U+009B is a terminal's CSI), and a file name may hold any
+    byte but / and NUL: the text report shows them escaped."""
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8")
+    bad = text.replace("<ProvisionStatus>", "<ProvisionStatus>X\u009b2J", 1)
+    path = tmp_path / "sample\x1b[2J.xml"
+    path.write_text(bad, "utf-8")
+    done = run_cli(["validate", str(path)])
+    assert done.returncode == 1
+    assert "\x1b" not in done.stdout and "\u009b" not in done.stdout
+    assert "sample\\x1b[2J.xml:14:5: Element 'ProvisionStatus'" in done.stdout
+    assert "'X\\x9b2J" in done.stdout
+    as_json = json.loads(run_cli(["validate", "--format", "json", str(path)]).stdout)
+    assert as_json["files"][0]["path"] == str(path)  # JSON carries it as it is, escaped by JSON
