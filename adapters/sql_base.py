@@ -40,6 +40,22 @@ _LETTER = "id, source, reason, headers, body, at, replayed_at, replay_outcome"
 _DONE = (SENT, SUPPRESSED, DISCARDED)  # outbox statuses that retention may delete
 
 
+_AUDITED = "id, usn, channel, kind, message_id"  # what an operator's entry says of an item
+
+
+def _audit(conn: Connection, now: float, action: str, items: Sequence[Sequence[Any]],
+           **more: str) -> None:
+    """An operator's action on outbox items, in each one's subscription history (in the
+    transaction of the action itself); an item of no subscription (usn "") has none."""
+    conn.executemany(
+        "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, state, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(usn, now, "operator", None, None, None, None,
+          json.dumps({"action": action, "outboxId": id_, "channel": channel, "kind": kind,
+                      "messageId": message_id, **more}))
+         for id_, usn, channel, kind, message_id in items if usn])
+
+
 class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...
@@ -285,18 +301,21 @@ class SqlStoreBase:
         def work(conn: Connection) -> Replayed:
             now = self.clock()
             if ids is None:
-                cur = conn.execute(
+                done = conn.execute(
                     "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
-                    "updated_at = ? WHERE status = ?", (PENDING, now, DEAD))
-                return Replayed(cur.rowcount)
+                    f"updated_at = ? WHERE status = ? RETURNING {_AUDITED}",
+                    (PENDING, now, DEAD)).fetchall()
+                _audit(conn, now, "outbox replay", done)
+                return Replayed(len(done))
             count, pending, unknown = 0, [], []
             for item_id in dict.fromkeys(ids):  # each once, in the order given
-                cur = conn.execute(
+                done = conn.execute(
                     "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = 0, "
-                    "updated_at = ? WHERE id = ? AND status != ?",
-                    (PENDING, now, item_id, PENDING))
-                if cur.rowcount:
+                    f"updated_at = ? WHERE id = ? AND status != ? RETURNING {_AUDITED}",
+                    (PENDING, now, item_id, PENDING)).fetchall()
+                if done:
                     count += 1
+                    _audit(conn, now, "outbox replay", done)
                 elif conn.execute("SELECT 1 FROM outbox WHERE id = ?", (item_id,)).fetchone():
                     pending.append(item_id)
                 else:
@@ -307,15 +326,17 @@ class SqlStoreBase:
 
     def discard(self, ids: Sequence[int], reason: str) -> Discarded:
         def work(conn: Connection) -> Discarded:
+            now = self.clock()
             count, not_dead, unknown = 0, [], []
             for item_id in dict.fromkeys(ids):  # each once, in the order given
-                if conn.execute(  # the reason first, then the error that made it dead
-                        "UPDATE outbox SET status = ?, updated_at = ?, last_error = "
-                        "SUBSTR(? || COALESCE('; ' || last_error, ''), 1, 1000) "
-                        "WHERE id = ? AND status = ?",
-                        (DISCARDED, self.clock(), DISCARD_NOTE + reason, item_id,
-                         DEAD)).rowcount:
+                done = conn.execute(  # the reason first, then the error that made it dead
+                    "UPDATE outbox SET status = ?, updated_at = ?, last_error = "
+                    "SUBSTR(? || COALESCE('; ' || last_error, ''), 1, 1000) "
+                    f"WHERE id = ? AND status = ? RETURNING {_AUDITED}",
+                    (DISCARDED, now, DISCARD_NOTE + reason, item_id, DEAD)).fetchall()
+                if done:
                     count += 1
+                    _audit(conn, now, "outbox discard", done, reason=reason)
                     continue
                 row = conn.execute("SELECT status FROM outbox WHERE id = ?",
                                    (item_id,)).fetchone()

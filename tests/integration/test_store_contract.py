@@ -193,6 +193,26 @@ def test_the_oldest_pending_item_of_each_channel_is_found(store) -> None:
     assert store.oldest_pending() == {FORWARD: 100.0}  # a dead item waits for no one
 
 
+def test_an_operators_replay_and_discard_are_in_the_subscriptions_history(store) -> None:
+    """GET /subscriptions/<usn> shows who did what to its messages: an item re-queued or set
+    aside by hand is a history entry of source "operator", in the same transaction."""
+    store.enqueue([item("m1", "u1"), item("m2", "u1", FORWARD), item("m3", "")])
+    by_id = {i.message_id: i.id for i in [*store.claim(BROKER, 10, now=1e12),
+                                          *store.claim(FORWARD, 10, now=1e12)]}
+    for name in by_id:
+        store.mark_failed(by_id[name], "refused", retry_at=0.0, dead=True)
+    store.discard([by_id["m2"]], "order cancelled by hand")
+    store.replay([by_id["m1"]])
+    store.replay()  # --dead: m3, whose usn is empty (a document published by hand): no entry
+    entries = [h for h in store.history("u1") if h["source"] == "operator"]
+    assert [h["detail"] for h in entries] == [
+        {"action": "outbox discard", "outboxId": by_id["m2"], "channel": FORWARD,
+         "kind": "SubscriptionUpdated", "messageId": "m2", "reason": "order cancelled by hand"},
+        {"action": "outbox replay", "outboxId": by_id["m1"], "channel": BROKER,
+         "kind": "SubscriptionUpdated", "messageId": "m1"}]
+    assert store.history("") == []
+
+
 def test_one_outbox_item_is_read_by_its_id(store) -> None:
     store.enqueue([item("a"), item("b", "u2")])
     a, b = store.outbox()
