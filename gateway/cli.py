@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 from typing import Any, TextIO, TypeVar
 
 from gateway import __version__, batch
-from gateway.config import CONFIG_ENV, Settings, endpoint_text, load_settings, redact_url
+from gateway.config import (
+    CONFIG_ENV,
+    Settings,
+    endpoint_text,
+    load_settings,
+    redact_url,
+    settings_in_force,
+)
 from gateway.domain import LONG_RANGE, MESSAGE_TYPES, SubscriptionFeaturesUpdate
 from gateway.errors import (
     ConfigError,
@@ -276,6 +283,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     build_codec(settings)  # the schema compiles (a ConfigError naming schema.path if not)
+    if args.show:
+        import yaml  # here: the other commands start faster without it
+
+        shown, secrets = settings_in_force(settings)
+        print(f"# the configuration in force: {settings.source}, then GATEWAY_* overrides; "
+              "the mapping is `smile-gateway mapping`'s")
+        for line in secrets:
+            print(f"# {line}")
+        sys.stdout.write(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True))
+        return EXIT_OK
     counts = ", ".join(f"{name}: {len(v.states)} states"
                        for name, v in settings.mapping.vocabularies.items())
     print(f"configuration OK ({settings.source}; {counts}; "
@@ -869,6 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mapping)
 
     p = sub.add_parser("check-config", parents=[common], help="load and check the configuration")
+    p.add_argument("--show", action="store_true",
+                   help="print every key as in force (YAML), secrets hidden")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("publish", parents=[common],

@@ -414,6 +414,35 @@ def _is_destination(name: str) -> bool:
     return name.startswith(("/queue/", "/topic/")) and bool(name.split("/", 2)[2].strip())
 
 
+def settings_in_force(settings: Settings) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Every configuration key as the gateway uses it (the file's and the environment's
+    overrides applied), as a config file can hold it: without the secrets (the second part
+    says which are set) and the mapping (`smile-gateway mapping` shows it), a store URL's
+    password redacted."""
+    shown: dict[str, dict[str, Any]] = {}
+    secrets: list[str] = []
+    for name in _SECTIONS:
+        section = getattr(settings, name)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(section):
+            value = getattr(section, field.name)
+            if (name, field.name) in SECRETS:
+                secrets.append(f"{name}.{field.name}: "
+                               + ("set (from the environment)" if value else "not set"))
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif name == "broker" and field.name == "failover":
+                value = [endpoint_text(host, port) for host, port in value]
+            elif name == "store" and field.name == "url":
+                value = redact_url(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            values[field.name] = value
+        shown[name] = values
+    return shown, secrets
+
+
 def redact_url(url: str) -> str:
     """A store URL without its password, for logs and messages; also one that does not parse
     (an unclosed IPv6 bracket, a port that is no number): what it has after `user:` and

@@ -206,3 +206,35 @@ def test_config_is_read_wherever_it_is_given(tmp_path: Path, where: str) -> None
     done = run_cli(args)
     assert done.returncode == 2
     assert "line 3, column 3: 'attempts' is given twice" in done.stderr
+
+
+def test_check_config_shows_the_values_in_force_without_the_secrets(tmp_path: Path) -> None:
+    """Which value won, the file's or an environment override? `check-config --show` prints
+    every key as the gateway will use it, as YAML a config file can hold; secrets are said to
+    be set, never shown."""
+    import yaml
+
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("broker:\n  host: broker.site\nwebhook:\n  port: 9090\n")
+    env = {"GATEWAY_WEBHOOK__PORT": "9191", "GATEWAY_WEBHOOK__SECRET": "whsec_c2VjcmV0",
+           "GATEWAY_BROKER__FAILOVER": '["standby:61613"]',
+           "GATEWAY_STORE__URL": "postgresql://gw:hunter2@db:5432/gw"}
+    done = run_cli(["--config", str(cfg), "check-config", "--show"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert "whsec_c2VjcmV0" not in done.stdout and "hunter2" not in done.stdout
+    assert "# webhook.secret: set (from the environment)" in done.stdout
+    assert "# broker.password: not set" in done.stdout
+    shown = yaml.safe_load(done.stdout)
+    assert shown["webhook"]["port"] == 9191  # the override won over the file
+    assert shown["broker"]["host"] == "broker.site"
+    assert shown["broker"]["failover"] == ["standby:61613"]
+    assert shown["store"]["url"] == "postgresql://gw:***@db:5432/gw"
+    assert "secret" not in shown["webhook"] and "mapping" not in shown
+    assert shown["schema"]["path"].endswith("xsd/smile-2.xsd")
+    # what it shows, without the secrets, is a configuration the gateway takes back as it was
+    again = tmp_path / "shown.yaml"
+    again.write_text(done.stdout.replace("postgresql://gw:***@db", "postgresql://gw@db"))
+    back = run_cli(["--config", str(again), "check-config", "--show"], env={})
+    assert back.returncode == 0, back.stderr
+    assert yaml.safe_load(back.stdout) == {**shown, "store": {
+        **shown["store"], "url": "postgresql://gw@db:5432/gw"}}
