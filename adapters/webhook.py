@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request, Response, request
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
@@ -240,6 +249,12 @@ def create_app(service: GatewayService, settings: Settings,
                        ["source"], registry=registry)
     accepted_webhook = accepted.labels("webhook")
     registry.register(_StoreCollector(service.store, clock))
+    # what any service exports: its version, its process, the interpreter
+    Gauge("smile_gateway_build_info", "The gateway's version (always 1)", ["version"],
+          registry=registry).labels(gateway.__version__).set(1)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
     # Labelled children by (route, status): routes and statuses are few, and a labels() call
     # costs more than the increment itself.

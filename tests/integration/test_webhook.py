@@ -466,6 +466,19 @@ def test_metrics_count_the_outbox_and_the_dead_letters_from_the_store(settings, 
     assert 'smile_gateway_outbox_oldest_pending_seconds{channel="forward"} 0.0' in metrics
 
 
+def test_metrics_carry_the_version_and_the_process(client) -> None:
+    """What a fleet's dashboards expect of any service: which version runs, and the process's
+    CPU, memory, open files and the interpreter's collections."""
+    from gateway import __version__
+
+    metrics = client.get("/metrics").data.decode()
+    assert f'smile_gateway_build_info{{version="{__version__}"}} 1.0' in metrics
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "process_open_fds", "process_start_time_seconds", "python_info",
+                 "python_gc_collections_total"):
+        assert f"\n{name}" in metrics, name
+
+
 def test_the_age_of_the_oldest_pending_item_is_a_metric(settings, codec, tmp_path) -> None:
     """A pending count that holds steady can hide a relay stuck on one message: the age of
     the oldest pending item, per channel, is what an alert wants."""
