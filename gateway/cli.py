@@ -187,9 +187,10 @@ def _print_document_error(path: str, exc: DocumentError) -> None:
     """As `validate` prints them: a line per violation, located; the error alone when it
     has none (its summary would only repeat them)."""
     if not exc.violations:
-        print(f"{path}: {exc}", file=sys.stderr)
+        print(f"{printable(path)}: {printable(str(exc))}", file=sys.stderr)
     for v in exc.violations:
-        print(f"{path}:{v.line}:{v.column}: {v.message}", file=sys.stderr)
+        print(f"{printable(path)}:{v.line}:{v.column}: {printable(v.message)}",
+              file=sys.stderr)
 
 
 def cmd_to_smile(args: argparse.Namespace) -> int:
@@ -255,7 +256,7 @@ def cmd_from_smile(args: argparse.Namespace) -> int:
                 value = " ".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, list):
                 value = ", ".join(map(str, value)) or "-"
-            print(f"{key}: {'(no change)' if value is None else value}")
+            print(f"{key}: {'(no change)' if value is None else printable(str(value))}")
     return EXIT_OK
 
 

@@ -238,3 +238,12 @@ def test_check_config_shows_the_values_in_force_without_the_secrets(tmp_path: Pa
     assert back.returncode == 0, back.stderr
     assert yaml.safe_load(back.stdout) == {**shown, "store": {
         **shown["store"], "url": "postgresql://gw@db:5432/gw"}}
+
+
+def test_translate_reports_escape_what_a_document_carries(tmp_path: Path) -> None:
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8")
+    evil = tmp_path / "evil.xml"
+    evil.write_text(text.replace("<ProvisionStatus>", "<ProvisionStatus>X\u009b2J", 1), "utf-8")
+    done = run_cli(["translate", "from-smile", str(evil), "--format", "text"])
+    assert done.returncode == 1
+    assert "\u009b" not in done.stderr and "'X\\x9b2J" in done.stderr
