@@ -422,6 +422,10 @@ class StompConsumer:
         conn = _open(self.broker, headers)
         conn.set_listener("deliveries", _Deliveries(self, conn))
         sub_headers = {"activemq.prefetchSize": "100"}
+        if self.inbound.exclusive and not topic:
+            # of several gateways on the queue, the broker picks one for every message and
+            # moves to the next when it goes: a subscription's documents stay in order
+            sub_headers["activemq.exclusive"] = "true"
         if topic:
             # ActiveMQ's durable topic subscription: client-id on CONNECT + this name.
             sub_headers["activemq.subscriptionName"] = self.inbound.subscription_name

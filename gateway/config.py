@@ -114,6 +114,9 @@ class InboundSettings:
     destination: str
     subscription_name: str
     dead_letter_destination: str
+    # a queue consumed as ActiveMQ's exclusive consumer: of several gateways on one queue,
+    # one takes every message (in order) while the others stand by
+    exclusive: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -401,6 +401,45 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
     assert threads == [running.thread, running.thread]
 
 
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_two_gateways_on_one_queue_take_it_in_turn_so_order_holds(
+        settings, codec, tmp_path, activemq, exclusive: bool) -> None:
+    """Several gateways (on one PostgreSQL store) consume one queue: shared out between them,
+    a subscription's documents would be recorded out of order. As ActiveMQ's exclusive
+    consumer, one gateway takes every message and the others stand by, taking over when it
+    goes; inbound.exclusive: false shares them out (measured here, so that the test can fail)."""
+    queue = unique_queue(f"exclusive-{exclusive}")
+    s = make_settings(settings, queue, activemq)
+    s = replace(s, inbound=replace(s.inbound, exclusive=exclusive))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first_seen: list[str] = []
+    second_seen: list[str] = []
+    first = ConsumerThread(recording_consumer(s, make_service(s, codec, tmp_path / "a"),
+                                              first_seen))
+    second = ConsumerThread(recording_consumer(s, make_service(s, codec, tmp_path / "b"),
+                                               second_seen))
+    body = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+    with first:
+        wait_until(lambda: first.consumer._conn is not None, 20, what="the first consumer")
+        with second:
+            wait_until(lambda: second.consumer._conn is not None, 20, what="the second")
+            time.sleep(0.5)  # both subscribed at the broker
+            for _ in range(20):
+                send(queue, body, {"smileMessageType": "SubscriptionActivated"})
+            wait_until(lambda: len(first_seen) + len(second_seen) == 20, 30,
+                       what="20 messages consumed")
+            if not exclusive:
+                assert first_seen and second_seen  # shared out: what exclusive prevents
+                return
+            assert (len(first_seen), second_seen) == (20, [])
+            first.__exit__(None, None, None)  # the active gateway goes: the other takes over
+            for _ in range(5):
+                send(queue, body, {"smileMessageType": "SubscriptionActivated"})
+            wait_until(lambda: len(second_seen) == 5, 30, what="the standby taking over")
+        assert len(first_seen) == 20
+
+
 def test_a_topic_gets_a_durable_subscription(settings, codec, tmp_path, broker) -> None:
     topic = unique_queue("durable").replace("/queue/", "/topic/")
     s = make_settings(settings, topic, broker)
