@@ -32,6 +32,7 @@ from gateway.errors import (
     MappingError,
     StoreError,
     TransitionError,
+    clip,
     printable,
 )
 from gateway.ports import (
@@ -817,10 +818,11 @@ def _positive(unit: str) -> Callable[[str], float]:
 
 
 def _why(text: str) -> str:
+    """A discard's reason: one line, not empty, at most 500 characters (it is kept)."""
     why = " ".join(text.split())
     if not why:
         raise argparse.ArgumentTypeError("say why (the reason is kept with what it sets aside)")
-    return why
+    return clip(why, 500)
 
 
 def _discard_parser(subparsers: Any, common: argparse.ArgumentParser, summary: str, why: str,
