@@ -371,6 +371,12 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
     def on_message(self, frame: Any) -> None:
         self.consumer._inbox.put((self.conn, frame))
 
+    def on_receipt(self, frame: Any) -> None:
+        waiting = self.consumer._receipts.get(frame.headers.get("receipt-id", ""))
+        if waiting is not None:
+            waiting.confirmed = True
+            waiting.event.set()
+
     def on_disconnected(self) -> None:
         self.consumer._lost("connection lost")
 
@@ -384,6 +390,16 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
         message = clip(frame.headers.get("message", "") or _text(frame.body))
         log.error("broker ERROR on the consumer: %s", message)
         self.consumer._refused(self.conn, f"broker ERROR: {message}")
+        for waiting in list(self.consumer._receipts.values()):
+            waiting.event.set()  # no receipt will come on a connection the broker ends
+
+
+class _Receipt:
+    """A receipt waited for: its event is set when it came (confirmed) or an ERROR did."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.confirmed = False
 
 
 _REFUSAL_QUIET_S = 1.0
@@ -414,6 +430,7 @@ class StompConsumer:
         # why it could not connect or the broker refused it, until it could again
         self.last_failure: str | None = None
         self._error: str | None = None  # the broker's ERROR that ended this connection
+        self._receipts: dict[str, _Receipt] = {}  # receipt-id: waited for
 
     def _connect(self) -> None:
         topic = self.inbound.destination.startswith("/topic/")
@@ -470,14 +487,35 @@ class StompConsumer:
                 _quietly_disconnect(conn)
                 return
         try:
-            if outcome == "dead-letter" and self.inbound.dead_letter_destination:
-                conn.send(self.inbound.dead_letter_destination, body,
-                          headers={**_passed_on(headers, body), "persistent": "true"})
             conn.ack(headers.get("ack") or headers.get("message-id", ""))
             self.processed += 1
         except STOMP_ERRORS as exc:
             # not acked: the broker redelivers and the dedupe key makes it a no-op
             log.warning("ack failed message-id=%s: %s", headers.get("message-id"), exc)
+            return
+        if outcome == "dead-letter" and self.inbound.dead_letter_destination:
+            self._copy(conn, headers, body)
+
+    def _copy(self, conn: stomp.Connection12, headers: dict[str, str], body: bytes) -> None:
+        """The dead letter's copy to inbound.dead_letter_destination, after the ack (the
+        letter is in the store: a copy the broker refuses must not bring the message back),
+        confirmed by a receipt or said not to be."""
+        where = self.inbound.dead_letter_destination
+        receipt = str(uuid.uuid4())
+        answered = self._receipts[receipt] = _Receipt()
+        try:
+            conn.send(where, body, headers={**_passed_on(headers, body), "persistent": "true"},
+                      receipt=receipt)
+            answered.event.wait(self.broker.receipt_timeout_s)  # a receipt, or an ERROR
+            if not answered.confirmed:
+                why = self._error or f"no receipt within {self.broker.receipt_timeout_s:g}s"
+                log.warning("copy of message-id=%s to %s not confirmed (the dead letter is "
+                            "in the store): %s", headers.get("message-id"), where, why)
+        except STOMP_ERRORS as exc:
+            log.warning("copy of message-id=%s to %s not sent (the dead letter is in the "
+                        "store): %s", headers.get("message-id"), where, _why(exc))
+        finally:
+            self._receipts.pop(receipt, None)
 
     def run(self, stop: threading.Event) -> None:
         """Connect, subscribe, and reconnect with backoff until `stop` is set."""

@@ -348,6 +348,32 @@ def test_a_dead_letter_is_passed_on_as_it_came_nul_bytes_and_all(
         assert "content-length" not in frames[1].headers  # a TextMessage stays one
 
 
+def test_a_copy_the_broker_refuses_is_said_and_the_message_is_taken_once(
+        settings, codec, tmp_path, caplog) -> None:
+    """The dead letter is the store's; its copy to inbound.dead_letter_destination is acked
+    for first and then sent with a receipt: a broker that refuses the copy (RabbitMQ: a name
+    it does not take) is logged with why, and the message is neither redelivered nor kept
+    twice."""
+    import logging
+
+    require_broker(RABBITMQ)
+    queue = unique_queue("dlq-refused")
+    s = make_settings(settings, queue, RABBITMQ)
+    s = replace(s, inbound=replace(s.inbound, dead_letter_destination="/queue/a/b"))
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+    caplog.set_level(logging.WARNING, logger="adapters.stomp_broker")
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        send(queue, b"<not a document/>", {"gateway-message-id": "refused-copy"},
+             broker=RABBITMQ)
+        wait_until(lambda: "copy of message-id=" in caplog.text, 20, what="the refusal said")
+        time.sleep(2)  # a redelivery, if there were one, would come now
+    assert outcomes == ["dead-letter"]
+    assert service.store.dead_letter_counts() == {"broker": (1, 1)}
+    assert "to /queue/a/b not confirmed" in caplog.text
+    assert receive(queue, 1, timeout=2, broker=RABBITMQ) == []  # acked: nothing left
+
+
 def test_a_poison_message_does_not_loop(settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("poison")
     s = make_settings(settings, queue, broker)
