@@ -346,11 +346,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
         runtime.close()
 
 
-def _from_store(args: argparse.Namespace, read: Callable[[Store], T]) -> T:
-    """Open the configured store, do one thing with it, close it."""
+def _from_store(args: argparse.Namespace, read: Callable[[Store], T],
+                settings: Settings | None = None) -> T:
+    """Open the configured store (of `settings`, when loaded already), do one thing with it,
+    close it."""
     from gateway.bootstrap import build_store
 
-    store = build_store(_settings(args))
+    store = build_store(settings if settings is not None else _settings(args))
     try:
         return read(store)
     finally:
@@ -613,7 +615,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     (dead outbox items, outstanding dead letters, a pending item older than --stuck-after)."""
     settings = _settings(args)
     counts, oldest, letters = _from_store(args, lambda store: (
-        store.counts(), store.oldest_pending(), store.dead_letter_counts()))
+        store.counts(), store.oldest_pending(), store.dead_letter_counts()), settings)
     now = time.time()
     outbox: dict[str, dict[str, Any]] = {}
     for (channel, status), n in sorted(counts.items()):
