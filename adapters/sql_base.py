@@ -40,6 +40,8 @@ _LETTER = "id, source, reason, headers, body, at, replayed_at, replay_outcome"
 _DONE = (SENT, SUPPRESSED, DISCARDED)  # outbox statuses that retention may delete
 
 
+_HISTORY_INSERT = ("INSERT INTO history (usn, at, source, event_id, vocabulary, previous, "
+                   "state, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _AUDITED = "id, usn, channel, kind, message_id"  # what an operator's entry says of an item
 
 
@@ -48,8 +50,7 @@ def _audit(conn: Connection, now: float, action: str, items: Sequence[Sequence[A
     """An operator's action on outbox items, in each one's subscription history (in the
     transaction of the action itself); an item of no subscription (usn "") has none."""
     conn.executemany(
-        "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, state, detail) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        _HISTORY_INSERT,
         [(usn, now, "operator", None, None, None, None,
           json.dumps({"action": action, "outboxId": id_, "channel": channel, "kind": kind,
                       "messageId": message_id, **more}))
@@ -189,8 +190,7 @@ class SqlStoreBase:
                      now))
             if decision.history:
                 conn.executemany(
-                    "INSERT INTO history (usn, at, source, event_id, vocabulary, previous, "
-                    "state, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _HISTORY_INSERT,
                     [(usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
                       entry.state, json.dumps(entry.detail)) for entry in decision.history])
             if decision.outbox:  # their ids are not needed here: no RETURNING, no fetch
