@@ -189,6 +189,25 @@ def _why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _await(tracker: _Tracker, receipt: str, timeout_s: float) -> str | None:
+    """None when the receipt came back; else what went wrong instead."""
+    deadline = time.monotonic() + timeout_s
+    with tracker.cond:
+        while receipt not in tracker.receipts:
+            if receipt in tracker.errors:
+                return tracker.errors.pop(receipt)
+            if tracker.broken:
+                return tracker.broken
+            if tracker.errors:  # an ERROR for an earlier frame of this batch
+                return next(iter(tracker.errors.values()))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"{_NO_RECEIPT} after {timeout_s}s"
+            tracker.cond.wait(left)
+        tracker.receipts.discard(receipt)
+    return None
+
+
 def _connect_failure(broker: BrokerSettings, host: str, port: int, exc: BaseException) -> str:
     """Why the connection could not be opened: stomp.py's ConnectFailedException says
     nothing (it logs the socket's error and drops it), so the address is tried once more."""
@@ -265,27 +284,9 @@ class StompPublisher:
             conn.commit(transaction=tx, receipt=receipt)
         except STOMP_ERRORS as exc:
             raise _BatchFailed(f"send failed: {_why(exc)}") from exc
-        problem = self._await(tracker, receipt)
+        problem = _await(tracker, receipt, self.broker.receipt_timeout_s)
         if problem is not None:
             raise _BatchFailed(problem)
-
-    def _await(self, tracker: _Tracker, receipt: str) -> str | None:
-        """None when the receipt came back; else what went wrong instead."""
-        deadline = time.monotonic() + self.broker.receipt_timeout_s
-        with tracker.cond:
-            while receipt not in tracker.receipts:
-                if receipt in tracker.errors:
-                    return tracker.errors.pop(receipt)
-                if tracker.broken:
-                    return tracker.broken
-                if tracker.errors:  # an ERROR for an earlier frame of this batch
-                    return next(iter(tracker.errors.values()))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return f"{_NO_RECEIPT} after {self.broker.receipt_timeout_s}s"
-                tracker.cond.wait(left)
-            tracker.receipts.discard(receipt)
-        return None
 
     def _isolate(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
         confirmed: list[int] = []
@@ -302,7 +303,7 @@ class StompPublisher:
             try:
                 conn.send(envelope.destination, envelope.body,
                           headers={**envelope.headers, "persistent": "true"}, receipt=receipt)
-                problem = self._await(self._tracker, receipt)
+                problem = _await(self._tracker, receipt, self.broker.receipt_timeout_s)
             except STOMP_ERRORS as exc:
                 problem = f"send failed: {_why(exc)}"
             if problem is None:
@@ -371,12 +372,6 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
     def on_message(self, frame: Any) -> None:
         self.consumer._inbox.put((self.conn, frame))
 
-    def on_receipt(self, frame: Any) -> None:
-        waiting = self.consumer._receipts.get(frame.headers.get("receipt-id", ""))
-        if waiting is not None:
-            waiting.confirmed = True
-            waiting.event.set()
-
     def on_disconnected(self) -> None:
         self.consumer._lost("connection lost")
 
@@ -390,16 +385,6 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
         message = clip(frame.headers.get("message", "") or _text(frame.body))
         log.error("broker ERROR on the consumer: %s", message)
         self.consumer._refused(self.conn, f"broker ERROR: {message}")
-        for waiting in list(self.consumer._receipts.values()):
-            waiting.event.set()  # no receipt will come on a connection the broker ends
-
-
-class _Receipt:
-    """A receipt waited for: its event is set when it came (confirmed) or an ERROR did."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.confirmed = False
 
 
 _REFUSAL_QUIET_S = 1.0
@@ -430,7 +415,7 @@ class StompConsumer:
         # why it could not connect or the broker refused it, until it could again
         self.last_failure: str | None = None
         self._error: str | None = None  # the broker's ERROR that ended this connection
-        self._receipts: dict[str, _Receipt] = {}  # receipt-id: waited for
+        self._tracker = _Tracker()  # the connection's receipts (a dead letter's copy)
 
     def _connect(self) -> None:
         topic = self.inbound.destination.startswith("/topic/")
@@ -438,6 +423,8 @@ class StompConsumer:
             {"client-id": f"{self.client}-sub-{uuid.uuid4().hex[:8]}"}
         conn = _open(self.broker, headers)
         conn.set_listener("deliveries", _Deliveries(self, conn))
+        self._tracker = _Tracker()
+        conn.set_listener("tracker", self._tracker)
         sub_headers = {"activemq.prefetchSize": "100"}
         if self.inbound.exclusive and not topic:
             # of several gateways on the queue, the broker picks one for every message and
@@ -502,20 +489,17 @@ class StompConsumer:
         confirmed by a receipt or said not to be."""
         where = self.inbound.dead_letter_destination
         receipt = str(uuid.uuid4())
-        answered = self._receipts[receipt] = _Receipt()
         try:
             conn.send(where, body, headers={**_passed_on(headers, body), "persistent": "true"},
                       receipt=receipt)
-            answered.event.wait(self.broker.receipt_timeout_s)  # a receipt, or an ERROR
-            if not answered.confirmed:
-                why = self._error or f"no receipt within {self.broker.receipt_timeout_s:g}s"
-                log.warning("copy of message-id=%s to %s not confirmed (the dead letter is "
-                            "in the store): %s", headers.get("message-id"), where, why)
         except STOMP_ERRORS as exc:
             log.warning("copy of message-id=%s to %s not sent (the dead letter is in the "
                         "store): %s", headers.get("message-id"), where, _why(exc))
-        finally:
-            self._receipts.pop(receipt, None)
+            return
+        problem = _await(self._tracker, receipt, self.broker.receipt_timeout_s)
+        if problem is not None:
+            log.warning("copy of message-id=%s to %s not confirmed (the dead letter is in the "
+                        "store): %s", headers.get("message-id"), where, problem)
 
     def run(self, stop: threading.Event) -> None:
         """Connect, subscribe, and reconnect with backoff until `stop` is set."""
