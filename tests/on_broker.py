@@ -10,8 +10,9 @@ from pathlib import Path
 from adapters.smile_xml import SmileXmlCodec
 from adapters.sql_store import SqlStore
 from adapters.stomp_broker import StompConsumer, StompPublisher
-from gateway.config import Settings
-from gateway.ports import SENT, InMemoryRequestIds
+from gateway.config import BrokerSettings, Settings
+from gateway.errors import PublishError
+from gateway.ports import SENT, Envelope, InMemoryRequestIds
 from gateway.relay import BrokerRelay
 from gateway.service import GatewayService, StateChange
 from gateway.translator import Translator
@@ -83,3 +84,15 @@ def publish_and_consume(s: Settings, service: GatewayService, queue: str,
         send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
              {"smileMessageType": "SubscriptionActivated"}, broker=broker)
         wait_until(lambda: outcomes == ["accepted"], 30, what="the consumed message")
+
+
+def publish_refused(broker: BrokerSettings) -> str:
+    """Why a publisher over `broker` cannot send one message (it must fail)."""
+    publisher = StompPublisher(broker)
+    try:
+        publisher.publish([Envelope(1, "/queue/x", {}, b"<x/>")])
+    except PublishError as exc:
+        return str(exc)
+    finally:
+        publisher.close()
+    raise AssertionError("the publish was confirmed")

@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.stomp_broker import StompPublisher
 from gateway.config import Settings
-from gateway.errors import PublishError
-from gateway.ports import Envelope
 from tests.brokers import (
     ACTIVEMQ,
     BrokerInstance,
@@ -23,7 +20,7 @@ from tests.brokers import (
     unique_queue,
     wait_until,
 )
-from tests.on_broker import make_service, publish_and_consume
+from tests.on_broker import make_service, publish_and_consume, publish_refused
 
 pytestmark = pytest.mark.broker
 TLS_STOMP, TLS_OPENWIRE, TLS_SSL = 61653, 61656, 61654
@@ -72,11 +69,5 @@ def test_the_relay_and_the_consumer_speak_tls_to_activemqs_stomp_ssl_connector(
 def test_activemqs_certificate_not_trusted_is_named(settings, tmp_path, tls_broker) -> None:
     other, _ = make_certificate(tmp_path, "other", ["localhost"])
     s = tls_settings(settings, "/queue/x", other)
-    publisher = StompPublisher(s.broker)
-    try:
-        with pytest.raises(PublishError) as caught:
-            publisher.publish([Envelope(1, "/queue/x", {}, b"<x/>")])
-    finally:
-        publisher.close()
-    assert str(caught.value) == (f"cannot connect to localhost:{TLS_SSL}: TLS: "
+    assert publish_refused(s.broker) == (f"cannot connect to localhost:{TLS_SSL}: TLS: "
                                  "CERTIFICATE_VERIFY_FAILED (self-signed certificate)")
