@@ -6,6 +6,7 @@ handler below maps the GatewayError tree (and werkzeug's HTTP errors) to respons
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -238,6 +239,19 @@ def create_app(service: GatewayService, settings: Settings,
     if test_config:
         app.config.update(test_config)
     keys = secret_keys(settings.webhook.secret) if settings.webhook.secret else None
+    read_token = settings.webhook.read_token.encode() if settings.webhook.read_token else None
+
+    def reader() -> None:
+        """With webhook.read_token, the read routes want it as a bearer token."""
+        if read_token is None:
+            return
+        given = _current_request().environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode("latin-1", "replace"), read_token):  # as sent (PEP 3333)
+            raise _Problem(401, "Unauthorized", "this route wants Authorization: Bearer with "
+                           "the webhook.read_token", headers={
+                               "WWW-Authenticate": 'Bearer realm="smile-gateway"'})
     checks = dict(ready_checks or {})
 
     registry = CollectorRegistry()
@@ -365,6 +379,7 @@ def create_app(service: GatewayService, settings: Settings,
 
     @app.get("/subscriptions/<path:usn>")
     def subscription(usn: str) -> Response:
+        reader()
         try:
             view = service.subscription_view(usn)
         except UnknownSubscriptionError as exc:
@@ -391,6 +406,7 @@ def create_app(service: GatewayService, settings: Settings,
 
     @app.get("/metrics")
     def metrics() -> Response:
+        reader()
         return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
 
     @app.get("/openapi.yaml")

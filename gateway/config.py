@@ -53,7 +53,8 @@ class _YamlLoader(_BaseLoader):  # type: ignore[misc, valid-type]
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
-SECRETS = {("broker", "password"), ("webhook", "secret"), ("forward", "token")}
+SECRETS = {("broker", "password"), ("webhook", "secret"), ("webhook", "read_token"),
+           ("forward", "token")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,8 @@ class WebhookSettings:
     secret: str = ""
     # the reverse proxy's address: its X-Forwarded-For and -Proto are believed ("" = none's)
     trusted_proxy: str = ""
+    # when set, GET /subscriptions/<usn> and /metrics want `Authorization: Bearer <it>`
+    read_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

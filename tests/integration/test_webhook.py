@@ -676,3 +676,25 @@ def test_each_refusal_is_logged_with_why_and_from_where(settings, codec, tmp_pat
                                   "X-Smile-Provision-Request-Id": "12"})
     assert ok.status_code == 202, ok.json
     assert not [rec for rec in caplog.records if rec.name == "adapters.webhook"]  # quiet
+
+
+def test_a_read_token_guards_the_subscription_view_and_the_metrics(settings, codec,
+                                                                  tmp_path) -> None:
+    """GET /subscriptions/<usn> answers a subscription's snapshot and history, /metrics the
+    store's counts: with webhook.read_token set, both want `Authorization: Bearer <token>`;
+    the probes and the API description stay open, and the POST routes keep their own check."""
+    client, _ = build(settings, codec, tmp_path, read_token="s3cret-read")
+    seed(client)
+    for path in ("/subscriptions/2142426762", "/metrics"):
+        for given in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-read"},
+                      {"Authorization": "Basic czNjcmV0LXJlYWQ="}):
+            r = client.get(path, headers=given)
+            assert r.status_code == 401, (path, given)
+            assert r.mimetype == "application/problem+json"
+            assert r.headers["WWW-Authenticate"] == 'Bearer realm="smile-gateway"'
+        ok = client.get(path, headers={"Authorization": "Bearer s3cret-read"})
+        assert ok.status_code == 200, (path, ok.data[:200])
+    for path in ("/healthz", "/readyz", "/openapi.yaml"):
+        assert client.get(path).status_code == 200, path
+    assert client.get("/subscriptions/nobody", headers={
+        "Authorization": "Bearer s3cret-read"}).status_code == 404

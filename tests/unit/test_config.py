@@ -78,6 +78,7 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("inbound:\n  dead_letter_destination: '/topic/ '\n", "inbound.dead_letter_destination",
      "'/topic/ ' is not a STOMP destination"),
     ("webhook:\n  secret: whsec_abc\n", "webhook.secret", "environment only"),
+    ("webhook:\n  read_token: abc\n", "webhook.read_token", "environment only"),
     ("broker:\n  password: pw\n", "broker.password", "GATEWAY_BROKER__PASSWORD"),
     ("store:\n  url: mysql://x\n", "store.url", "unsupported store"),
     ("store:\n  url: 'sqlite:///'\n", "store.url", "'sqlite:///' names no file"),
