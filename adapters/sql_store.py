@@ -18,11 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
+from urllib.parse import quote
 
 from adapters.sql_base import OUTBOX_COLUMNS, Connection, SqlStoreBase
-from gateway.errors import ConfigError, StoreError
+from gateway.errors import ConfigError, StoreError, UsageError
 from gateway.ports import PENDING, OutboxItem, SubscriptionRecord
 
 log = logging.getLogger(__name__)
@@ -522,3 +524,84 @@ class SqlStore(SqlStoreBase):
             "AND p.next_attempt_at > ?) ORDER BY id LIMIT ?",
             (channel, PENDING, now, PENDING, now, limit)).fetchall())
         return [self._item(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A copy `backup` wrote: where, how large, and the store schema version it holds."""
+
+    source: str
+    dest: str
+    size: int
+    schema_version: int
+
+
+def backup(url: str, dest: str, busy_timeout_ms: int = 10_000) -> Backup:
+    """Copy the SQLite store at `url` to the file `dest`, consistent while it is served.
+
+    SQLite's online backup in one step reads one snapshot of the store in one read
+    transaction: in WAL mode the writers go on meanwhile, and the copy holds whole
+    transactions only (copying the file, or the backup page by page while others commit,
+    does not). The source is opened read-only, so an older store is copied as it is, not
+    migrated. The copy is written beside `dest`, made a rollback-journal database (one
+    file, no WAL beside it), checked with `PRAGMA integrity_check`, synced, and renamed onto
+    `dest`: a copy that exists is whole, and one there before is replaced at once.
+    """
+    source = sqlite_path(url)
+    if not Path(source).is_file():
+        raise UsageError(f"no store at {source} (store.url {url}): nothing to back up")
+    target = Path(dest)
+    if target.is_dir():
+        raise UsageError(f"{dest} is a folder: name the file to write")
+    if not target.parent.is_dir():
+        raise UsageError(f"no folder {target.parent} to write {target.name} in")
+    if target.exists() and target.samefile(source):
+        raise UsageError(f"{dest} is the store itself: name another file")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise StoreError(f"cannot write {partial}: {exc.strerror or exc}") from exc
+    try:
+        version = _copy(source, str(partial), busy_timeout_ms)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException as exc:
+        with suppress(OSError):
+            os.unlink(partial)
+        if isinstance(exc, sqlite3.Error | OSError):
+            raise StoreError(f"cannot back up {source} to {dest}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from exc
+        raise
+    return Backup(source, dest, target.stat().st_size, version)
+
+
+def _copy(source: str, dest: str, busy_timeout_ms: int) -> int:
+    """The online backup of `source` into the empty file `dest`; its schema version."""
+    uri = f"file:{quote(os.path.abspath(source))}?mode=ro"
+    src = sqlite3.connect(uri, uri=True, timeout=busy_timeout_ms / 1000)
+    try:
+        dst = sqlite3.connect(dest, isolation_level=None)
+        try:
+            src.backup(dst)  # pages=-1: the whole store in one step, one snapshot
+            dst.execute("PRAGMA journal_mode = DELETE")
+            problems = [row[0] for row in dst.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise StoreError(f"the copy of {source} fails SQLite's integrity check, so "
+                                 f"the store does too: {'; '.join(problems[:5])}")
+            if dst.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                           "AND name = 'schema_version'").fetchone() is None:
+                raise StoreError(f"{source} is a SQLite file but no gateway store (it has "
+                                 "no schema_version table)")
+            row = dst.execute("SELECT version FROM schema_version").fetchone()
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    return int(row[0]) if row else 0

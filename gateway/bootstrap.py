@@ -18,6 +18,7 @@ from adapters.smile_xml import SmileXmlCodec
 from gateway.batch import Checker
 from gateway.config import POSTGRES_SCHEMES, Settings, endpoint_text
 from gateway.domain import SubscriptionProvisionResponse
+from gateway.errors import UsageError
 from gateway.ports import BROKER, FORWARD, Forwarder, InMemoryRequestIds, Publisher, RequestIds
 from gateway.retention import Pruner
 from gateway.translator import Translator
@@ -25,6 +26,7 @@ from gateway.translator import Translator
 if TYPE_CHECKING:
     from adapters.http_server import WaitressServer
     from adapters.sql_base import SqlStoreBase
+    from adapters.sql_store import Backup
     from adapters.stomp_broker import StompConsumer
     from gateway.relay import BrokerRelay, ForwardRelay
     from gateway.service import GatewayService
@@ -58,6 +60,16 @@ def build_store(settings: Settings) -> SqlStoreBase:
     from adapters.sql_store import SqlStore
 
     return SqlStore(settings.store.url)
+
+
+def backup_store(settings: Settings, dest: str) -> Backup:
+    """A consistent copy of the SQLite store in the file `dest` (PostgreSQL has pg_dump)."""
+    if settings.store.url.startswith(POSTGRES_SCHEMES):
+        raise UsageError("backup copies a SQLite store; back up a PostgreSQL store with "
+                         "pg_dump (a consistent snapshot while the gateways run)")
+    from adapters.sql_store import backup
+
+    return backup(settings.store.url, dest)
 
 
 def _default_forwarder(settings: Settings) -> Forwarder:

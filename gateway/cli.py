@@ -32,6 +32,7 @@ from gateway.errors import (
     MappingError,
     StoreError,
     TransitionError,
+    UsageError,
     clip,
     printable,
 )
@@ -463,6 +464,16 @@ def cmd_outbox_prune(args: argparse.Namespace) -> int:
     print(f"{pruned['outbox']} outbox item(s) (sent, suppressed or discarded), "
           f"{pruned['dedupe']} dedupe key(s) and {pruned['dead_letters']} settled dead "
           f"letter(s) older than {days:g} days deleted")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import backup_store
+
+    copy = backup_store(_settings(args), args.dest)
+    print(f"backed up {printable(copy.source)} to {printable(copy.dest)}: "
+          f"{-(-copy.size // 1024):,} KiB, store schema version {copy.schema_version}, "
+          "integrity ok")
     return EXIT_OK
 
 
@@ -961,6 +972,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a pending item older than this needs attention (300)")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("backup", parents=[common],
+                       help="a consistent copy of the SQLite store, also while it is served")
+    p.add_argument("dest", metavar="FILE", help="the file to write (one there is replaced)")
+    p.set_defaults(func=cmd_backup)
+
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")
     p.set_defaults(func=cmd_serve)
@@ -973,6 +989,7 @@ _EXIT_FOR: dict[type[Exception], tuple[str, int]] = {
     MappingError: ("", EXIT_USAGE),
     _Unreadable: ("", EXIT_USAGE),
     StoreError: ("store error: ", EXIT_INVALID),
+    UsageError: ("", EXIT_USAGE),
 }
 
 

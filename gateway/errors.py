@@ -187,3 +187,7 @@ class ForwardError(DeliveryError):
 
 class StoreError(GatewayError):
     """The store is unavailable or refused a write."""
+
+
+class UsageError(GatewayError):
+    """A command was asked for what it cannot do as given (a path, a store of another kind)."""

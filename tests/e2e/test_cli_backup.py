@@ -1,0 +1,116 @@
+"""`smile-gateway backup DEST`: a consistent copy of a SQLite store, also while it is served."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+from adapters.sql_store import SqlStore
+from gateway.ports import BROKER, SUPPRESSED, NewOutboxItem
+from tests.conftest import run_cli
+
+
+def _store_env(path: Path) -> dict[str, str]:
+    return {"GATEWAY_STORE__URL": f"sqlite:///{path}"}
+
+
+def _item(message_id: str) -> NewOutboxItem:
+    return NewOutboxItem(BROKER, message_id, "u1", "SubscriptionEnabled", {}, b"<x/>",
+                         SUPPRESSED)
+
+
+def _message_ids(db: Path) -> list[str]:
+    listed = run_cli(["outbox", "list", "--format", "json"], env=_store_env(db))
+    assert listed.returncode == 0, listed.stderr
+    return sorted(item["messageId"] for item in json.loads(listed.stdout))
+
+
+def test_backup_writes_one_checked_file_that_serves_as_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqlStore(f"sqlite:///{db}")
+    store.enqueue([_item("m1"), _item("m2")])
+    letter = store.add_dead_letter("broker", "invalid", {"message-id": "x"}, b"<y/>")
+    store.close()
+    before = db.read_bytes()
+    dest = tmp_path / "backups" / "g-copy.db"
+    dest.parent.mkdir()
+    done = run_cli(["backup", str(dest)], env=_store_env(db))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"backed up {db} to {dest}: ")
+    assert done.stdout.endswith(" KiB, store schema version 6, integrity ok\n")
+    assert db.read_bytes() == before  # the store itself is only read
+    # one file, no WAL beside it, readable by its owner only (it holds customers' documents)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["g-copy.db"]
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    assert _message_ids(dest) == ["m1", "m2"]
+    shown = run_cli(["dead-letters", "show", str(letter)], env=_store_env(dest))
+    assert shown.returncode == 0 and shown.stdout == "<y/>"
+    again = run_cli(["backup", str(dest)], env=_store_env(db))  # a nightly job: replaced
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["g-copy.db"]
+
+
+def test_backup_while_the_store_is_written_holds_whole_transactions(tmp_path: Path) -> None:
+    """A copy taken page by page while another process commits could hold half of a
+    transaction, or pages of two states of the file: each copy is one snapshot."""
+    db = tmp_path / "g.db"
+    store = SqlStore(f"sqlite:///{db}")
+    stop = threading.Event()
+    written = [0]
+
+    def write() -> None:
+        while not stop.is_set():  # two items a transaction: a copy holds an even number
+            n = written[0]
+            store.enqueue([_item(f"a{n}"), _item(f"b{n}")])
+            written[0] = n + 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        counts = []
+        for n in range(3):
+            dest = tmp_path / f"copy{n}.db"
+            done = run_cli(["backup", str(dest)], env=_store_env(db))
+            assert done.returncode == 0, done.stderr
+            with sqlite3.connect(dest) as copy:
+                assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+                counts.append(copy.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    finally:
+        stop.set()
+        writer.join()
+        store.close()
+    assert all(count % 2 == 0 for count in counts), counts
+    assert counts == sorted(counts) and counts[-1] > 0, counts
+    assert written[0] * 2 >= counts[-1]
+
+
+def test_backup_refuses_what_it_cannot_copy_and_says_why(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    SqlStore(f"sqlite:///{db}").close()
+    env = _store_env(db)
+
+    def refused(args: list[str], env: dict[str, str], why: str) -> None:
+        done = run_cli(["backup", *args], env=env)
+        assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+        assert why in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+    refused([str(db)], env, f"{db} is the store itself")
+    (tmp_path / "link.db").symlink_to(db)
+    refused([str(tmp_path / "link.db")], env, "is the store itself")
+    refused([str(tmp_path / "none" / "x.db")], env, f"no folder {tmp_path / 'none'}")
+    refused([str(tmp_path)], env, f"{tmp_path} is a folder: name the file to write")
+    missing = tmp_path / "missing.db"
+    refused([str(tmp_path / "x.db")], _store_env(missing), f"no store at {missing}")
+    assert not missing.exists()  # not created empty on the way
+    refused([str(tmp_path / "x.db")], {"GATEWAY_STORE__URL": "postgresql://u@127.0.0.1/db"},
+            "pg_dump")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    done = run_cli(["backup", str(tmp_path / "x.db")], env=_store_env(other))
+    assert done.returncode == 1 and "no gateway store" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.db", "link.db", "other.db"]
