@@ -228,6 +228,33 @@ class _StoreCollector:
         yield outstanding
 
 
+def _run_checks(checks: Mapping[str, Callable[[], None]]) -> dict[str, str | None]:
+    """Each readiness check's failure (None: it passed), in the checks' order."""
+    results: dict[str, str | None] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = None
+        except Exception as exc:  # a readiness probe reports, it does not fail
+            results[name] = clip(str(exc)) or type(exc).__name__
+    return results
+
+
+class _ReadyCollector:
+    """Each check of /readyz as a gauge, run at scrape time: 1 passing, 0 failing."""
+
+    def __init__(self, checks: Mapping[str, Callable[[], None]]) -> None:
+        self.checks = checks
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("smile_gateway_ready",
+                                   "1 while the readiness check passes, 0 while it fails "
+                                   "(GET /readyz says why)", labels=["check"])
+        for name, failure in _run_checks(self.checks).items():
+            family.add_metric([name], 1.0 if failure is None else 0.0)
+        yield family
+
+
 def create_app(service: GatewayService, settings: Settings,
                ready_checks: Mapping[str, Callable[[], None]] | None = None,
                test_config: Mapping[str, Any] | None = None,
@@ -263,6 +290,7 @@ def create_app(service: GatewayService, settings: Settings,
                        ["source"], registry=registry)
     accepted_webhook = accepted.labels("webhook")
     registry.register(_StoreCollector(service.store, clock))
+    registry.register(_ReadyCollector(checks))
     # what any service exports: its version, its process, the interpreter
     Gauge("smile_gateway_build_info", "The gateway's version (always 1)", ["version"],
           registry=registry).labels(gateway.__version__).set(1)
@@ -392,15 +420,10 @@ def create_app(service: GatewayService, settings: Settings,
 
     @app.get("/readyz")
     def readyz() -> Response:
-        results = {}
-        ok = True
-        for name, check in checks.items():
-            try:
-                check()
-                results[name] = "ok"
-            except Exception as exc:  # a readiness probe reports, it does not fail
-                results[name] = f"failing: {clip(str(exc))}"
-                ok = False
+        failures = _run_checks(checks)
+        ok = all(failure is None for failure in failures.values())
+        results = {name: "ok" if failure is None else f"failing: {failure}"
+                   for name, failure in failures.items()}
         body = json.dumps({"status": "ready" if ok else "not ready", "checks": results})
         return Response(body, status=200 if ok else 503, mimetype="application/json")
 

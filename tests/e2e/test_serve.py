@@ -339,6 +339,9 @@ def test_an_address_that_takes_connections_but_is_no_broker_fails_readyz_with_wh
         broker = requests.get(f"{gw.url}/readyz", timeout=10).json()["checks"]["broker"]
         assert broker == (f"failing: cannot connect to 127.0.0.1:{endpoint.port}: no answer to "
                           "CONNECT within 1s (is it a STOMP port?)")
+        metrics = requests.get(f"{gw.url}/metrics", timeout=10).text  # for an alert, too
+        assert 'smile_gateway_ready{check="broker"} 0.0' in metrics
+        assert 'smile_gateway_ready{check="store"} 1.0' in metrics
     finally:
         assert gw.stop() == 0, gw.log.read_text()
         endpoint.close()

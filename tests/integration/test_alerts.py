@@ -50,7 +50,7 @@ def test_every_metric_a_rule_names_is_one_the_gateway_exports(settings, codec,
     store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
     service = GatewayService(settings, codec, store,
                              Translator(settings.mapping, codec, InMemoryRequestIds()))
-    client = create_app(service, settings, {}).test_client()
+    client = create_app(service, settings, {"store": store.ping}).test_client()
     client.get("/healthz")  # a request, so that the request counter has a sample
     text = client.get("/metrics").data.decode()
     # the samples' names (a counter's with _total), and the families' (a gauge read from the
@@ -63,5 +63,5 @@ def test_every_metric_a_rule_names_is_one_the_gateway_exports(settings, codec,
     assert used, "no rule names a gateway metric"
     assert used <= names, used - names
     assert {rule["alert"] for rule in rules} == {
-        "SmileGatewayDown", "SmileGatewayOutboxStuck", "SmileGatewayOutboxDead",
+        "SmileGatewayDown", "SmileGatewayNotReady", "SmileGatewayOutboxStuck", "SmileGatewayOutboxDead",
         "SmileGatewayDeadLetters", "SmileGatewayServerErrors", "SmileGatewayRefusals"}

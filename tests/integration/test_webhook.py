@@ -495,6 +495,30 @@ def test_the_age_of_the_oldest_pending_item_is_a_metric(settings, codec, tmp_pat
     assert 'smile_gateway_outbox_oldest_pending_seconds{channel="broker"} 0.0' in metrics
 
 
+def test_each_readiness_check_is_a_metric(settings, codec, tmp_path) -> None:
+    """/readyz answers a probe, not Prometheus: a store whose disk fills, or a broker the
+    relay cannot use, raises an alert while it lasts only if the metrics say so too."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
+    service = GatewayService(settings, codec, store,
+                             Translator(settings.mapping, codec, InMemoryRequestIds()))
+    failing: dict[str, str] = {}
+
+    def broker() -> None:
+        if "broker" in failing:
+            raise RuntimeError(failing["broker"])
+
+    client = create_app(service, settings, {"store": store.ping, "broker": broker}).test_client()
+    metrics = client.get("/metrics").data.decode()
+    assert "# TYPE smile_gateway_ready gauge" in metrics
+    assert 'smile_gateway_ready{check="store"} 1.0' in metrics
+    assert 'smile_gateway_ready{check="broker"} 1.0' in metrics
+    failing["broker"] = "cannot connect to 127.0.0.1:61613: Connection refused"
+    metrics = client.get("/metrics").data.decode()
+    assert 'smile_gateway_ready{check="store"} 1.0' in metrics
+    assert 'smile_gateway_ready{check="broker"} 0.0' in metrics
+    assert client.get("/readyz").json["checks"]["broker"] == f"failing: {failing['broker']}"
+
+
 def test_the_openapi_file_describes_every_route(client) -> None:
     spec = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
     app_routes = {r.rule.replace("<path:usn>", "{usn}")
