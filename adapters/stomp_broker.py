@@ -11,6 +11,7 @@ Protocol edges, measured on these brokers (README, "Broker"):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -411,7 +412,7 @@ class StompConsumer:
         self._conn: stomp.Connection12 | None = None
         self._lost_event = threading.Event()
         self._inbox: queue.Queue[tuple[stomp.Connection12, Any]] = queue.Queue()
-        self.processed = 0
+        self.outcomes: collections.Counter[str] = collections.Counter()  # acked, by outcome
         # why it could not connect or the broker refused it, until it could again
         self.last_failure: str | None = None
         self._error: str | None = None  # the broker's ERROR that ended this connection
@@ -475,7 +476,7 @@ class StompConsumer:
                 return
         try:
             conn.ack(headers.get("ack") or headers.get("message-id", ""))
-            self.processed += 1
+            self.outcomes[outcome] += 1
         except STOMP_ERRORS as exc:
             # not acked: the broker redelivers and the dedupe key makes it a no-op
             log.warning("ack failed message-id=%s: %s", headers.get("message-id"), exc)

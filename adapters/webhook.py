@@ -25,7 +25,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
 
 import gateway
@@ -255,11 +255,46 @@ class _ReadyCollector:
         yield family
 
 
+# what the consumer makes of a broker message, once acknowledged (GatewayService.consume)
+BROKER_OUTCOMES = ("accepted", "duplicate", "dead-letter", "own")
+
+
+class _AcceptedCollector:
+    """Smile documents accepted by source, the webhook's counted by its route and the
+    broker's by the consumer; and the consumer's messages by outcome (read at scrape time)."""
+
+    def __init__(self, webhook: Counter,
+                 broker: Callable[[], Mapping[str, int]] | None) -> None:
+        self.webhook = webhook
+        self.broker = broker
+
+    def collect(self) -> Any:
+        accepted = CounterMetricFamily("smile_gateway_documents_accepted",
+                                       "Smile documents accepted, by source", labels=["source"])
+        counted = next(iter(self.webhook.collect())).samples
+        accepted.add_metric(["webhook"], next(s.value for s in counted
+                                              if s.name.endswith("_total")))
+        if self.broker is None:  # no consumer runs
+            yield accepted
+            return
+        counts = self.broker()
+        accepted.add_metric(["broker"], counts.get("accepted", 0))
+        outcomes = CounterMetricFamily("smile_gateway_broker_messages",
+                                       "Messages consumed from the broker and acknowledged, by "
+                                       "outcome", labels=["outcome"])
+        for outcome in BROKER_OUTCOMES:
+            outcomes.add_metric([outcome], counts.get(outcome, 0))
+        yield accepted
+        yield outcomes
+
+
 def create_app(service: GatewayService, settings: Settings,
                ready_checks: Mapping[str, Callable[[], None]] | None = None,
                test_config: Mapping[str, Any] | None = None,
-               clock: Callable[[], float] = time.time) -> Flask:
-    """The app factory: routes over the service, nothing built at import time."""
+               clock: Callable[[], float] = time.time,
+               broker_outcomes: Callable[[], Mapping[str, int]] | None = None) -> Flask:
+    """The app factory: routes over the service, nothing built at import time.
+    `broker_outcomes`: the consumer's messages by outcome, when one runs in this process."""
     app = Flask("smile_gateway")
     app.config.update(MAX_CONTENT_LENGTH=settings.webhook.max_body_bytes,
                       JSON_SORT_KEYS=False)
@@ -286,9 +321,9 @@ def create_app(service: GatewayService, settings: Settings,
                              ["route", "status"], registry=registry)
     latency = Histogram("smile_gateway_http_request_seconds", "HTTP request duration",
                         ["route"], registry=registry)
-    accepted = Counter("smile_gateway_documents_accepted", "Smile documents accepted",
-                       ["source"], registry=registry)
-    accepted_webhook = accepted.labels("webhook")
+    accepted_webhook = Counter("smile_gateway_documents_accepted", "Smile documents accepted",
+                               registry=None)  # exported with the broker's, by source
+    registry.register(_AcceptedCollector(accepted_webhook, broker_outcomes))
     registry.register(_StoreCollector(service.store, clock))
     registry.register(_ReadyCollector(checks))
     # what any service exports: its version, its process, the interpreter

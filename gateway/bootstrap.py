@@ -168,5 +168,7 @@ def build_http_server(runtime: Runtime,
     from adapters.http_server import WaitressServer
     from adapters.webhook import create_app
 
-    app = create_app(runtime.service, runtime.settings, checks)
+    consumer = runtime.consumer
+    app = create_app(runtime.service, runtime.settings, checks,
+                     broker_outcomes=consumer.outcomes.copy if consumer else None)
     return WaitressServer(app, runtime.settings.webhook)

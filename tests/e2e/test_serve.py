@@ -87,8 +87,9 @@ def test_a_posted_smile_document_is_forwarded(gateway, orders: OrderSystem) -> N
 
 
 def test_a_message_from_smile_on_the_broker_is_recorded(gateway) -> None:
-    send(gateway.queue + ".in", (SAMPLES / "SubscriptionSuspended.xml").read_bytes(),
-         {"smileMessageType": "SubscriptionSuspended", "usn": "2142426766", "sid": "176"})
+    suspended = {"smileMessageType": "SubscriptionSuspended", "usn": "2142426766", "sid": "176",
+                 "gateway-message-id": "smile-1"}
+    send(gateway.queue + ".in", (SAMPLES / "SubscriptionSuspended.xml").read_bytes(), suspended)
 
     def recorded() -> bool:
         r = requests.get(f"{gateway.url}/subscriptions/2142426766", timeout=5)
@@ -99,6 +100,16 @@ def test_a_message_from_smile_on_the_broker_is_recorded(gateway) -> None:
     assert view["statuses"] == {"provision": "Provisioned", "suspend": "Suspended",
                                 "activate": "NotActivated", "enable": "Enabled"}
     assert [h["source"] for h in view["history"]] == ["smile"]
+    # counted by what became of them: the same document again, and one the schema refuses
+    send(gateway.queue + ".in", (SAMPLES / "SubscriptionSuspended.xml").read_bytes(), suspended)
+    send(gateway.queue + ".in", (INVALID / "elements-out-of-order.xml").read_bytes(),
+         {"smileMessageType": "SubscriptionSuspended"})
+    counted = ['smile_gateway_broker_messages_total{outcome="accepted"} 1.0',
+               'smile_gateway_broker_messages_total{outcome="duplicate"} 1.0',
+               'smile_gateway_broker_messages_total{outcome="dead-letter"} 1.0',
+               'smile_gateway_documents_accepted_total{source="broker"} 1.0']
+    wait_until(lambda: all(line in requests.get(f"{gateway.url}/metrics", timeout=5).text
+                           for line in counted), 30, what="the consumed messages counted")
     # acknowledged once committed: with the gateway gone, the broker has nothing to redeliver
     assert gateway.stop() == 0, gateway.log.read_text()
     assert receive(gateway.queue + ".in", 1, timeout=3) == []

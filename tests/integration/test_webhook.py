@@ -439,6 +439,8 @@ def test_health_readiness_metrics_and_openapi(client) -> None:
     assert 'smile_gateway_http_requests_total{route="/smile/messages",status="415"} 1.0' in metrics
     assert 'smile_gateway_http_requests_total{route="(none)",status="404"} 1.0' in metrics
     assert 'smile_gateway_http_request_seconds_count{route="/smile/messages"} 2.0' in metrics
+    assert 'smile_gateway_documents_accepted_total{source="webhook"} 1.0' in metrics
+    assert "smile_gateway_broker_messages" not in metrics  # no consumer in this process
     spec = yaml.safe_load(client.get("/openapi.yaml").data)
     assert spec["openapi"].startswith("3.")
 
