@@ -416,6 +416,7 @@ class StompConsumer:
         # why it could not connect or the broker refused it, until it could again
         self.last_failure: str | None = None
         self._error: str | None = None  # the broker's ERROR that ended this connection
+        self._store_failure: str | None = None  # the store error that ended it
         self._tracker = _Tracker()  # the connection's receipts (a dead letter's copy)
 
     def _connect(self) -> None:
@@ -462,17 +463,15 @@ class StompConsumer:
         except StoreError as exc:
             log.error("store unavailable, leaving message-id=%s unacknowledged: %s",
                       headers.get("message-id"), exc)
-            self._lost("store unavailable")
-            _quietly_disconnect(conn)
+            self._store_down(conn, exc)
             return
         except Exception as exc:  # a bug must not make a message loop forever
             log.exception("handler failed on message-id=%s", headers.get("message-id"))
             try:
                 self.poison(headers, body, f"handler failed: {exc!r}")
                 outcome = "dead-letter"
-            except StoreError:
-                self._lost("store unavailable")
-                _quietly_disconnect(conn)
+            except StoreError as store_exc:
+                self._store_down(conn, store_exc)
                 return
         try:
             conn.ack(headers.get("ack") or headers.get("message-id", ""))
@@ -483,6 +482,14 @@ class StompConsumer:
             return
         if outcome == "dead-letter" and self.inbound.dead_letter_destination:
             self._copy(conn, headers, body)
+
+    def _store_down(self, conn: stomp.Connection12, exc: StoreError) -> None:
+        """Leave the message unacknowledged: the connection goes, so that the broker
+        delivers it again, and `run` waits with backoff before it takes messages again (at
+        once, the same message would come back and fail as fast as the broker sends it)."""
+        self._store_failure = f"store unavailable: {exc}"
+        self._lost("store unavailable")
+        _quietly_disconnect(conn)
 
     def _copy(self, conn: stomp.Connection12, headers: dict[str, str], body: bytes) -> None:
         """The dead letter's copy to inbound.dead_letter_destination, after the ack (the
@@ -530,6 +537,8 @@ class StompConsumer:
                     continue
                 if conn is self._conn:
                     self._deliver(conn, frame)
+                    if self._store_failure is None and refused is None:
+                        backoff.reset()  # the store took one: a failure after starts over
             conn, self._conn = self._conn, None
             if conn is not None:
                 _quietly_disconnect(conn, self.broker.receipt_timeout_s if stop.is_set()
@@ -537,7 +546,14 @@ class StompConsumer:
             self._forget_queued()
             error, self._error = self._error, None
             refused = error
-            if error is None:
+            store_failure, self._store_failure = self._store_failure, None
+            if store_failure is not None:
+                if not stop.is_set():
+                    delay = backoff.next_delay()
+                    log.warning("consumer: %s; taking messages again in %.1fs", store_failure,
+                                delay)
+                    stop.wait(delay)
+            elif error is None:
                 backoff.reset()  # a connection lost, not refused: reconnect at once
             elif not stop.is_set():
                 delay = backoff.next_delay()

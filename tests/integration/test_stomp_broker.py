@@ -428,6 +428,38 @@ def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_p
     assert threads == [running.thread, running.thread]
 
 
+def test_a_store_that_stays_down_is_retried_with_backoff_not_in_a_loop(
+        settings, codec, tmp_path, broker) -> None:
+    """The message stays on the broker while the store fails; reconnecting at once for each
+    redelivery would take and drop it as fast as the broker can deliver, and log each time."""
+    from gateway.errors import StoreError
+
+    queue = unique_queue("storedown")
+    s = make_settings(settings, queue, broker)
+    service = make_service(s, codec, tmp_path)
+    down_until = time.monotonic() + 3.0
+    tries: list[float] = []
+
+    def store_down(headers, body):
+        tries.append(time.monotonic())
+        if time.monotonic() < down_until:
+            raise StoreError("disk full")
+        return service.consume(headers, body)
+
+    consumer = StompConsumer(s.broker, s.inbound, store_down,
+                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+    rtp = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
+    with ConsumerThread(consumer):
+        send(queue, rtp, {"smileMessageType": "SubscriptionReadyToProvision",
+                          "provisionRequestId": "6", "gateway-message-id": "down-1"},
+             broker=broker)
+        wait_until(lambda: service.store.subscription("2142426762") is not None, 30,
+                   what="the message to be stored once the store is back")
+    # backoff 0.2 s doubled up to 1 s (with jitter): some 5-7 tries in 3 s, not hundreds
+    assert 2 <= len(tries) <= 10, len(tries)
+    assert consumer.outcomes["accepted"] == 1
+
+
 @pytest.mark.parametrize("exclusive", [True, False])
 def test_two_gateways_on_one_queue_take_it_in_turn_so_order_holds(
         settings, codec, tmp_path, activemq, exclusive: bool) -> None:
