@@ -524,7 +524,9 @@ class StompConsumer:
                 continue
             # a refusal is answered at once (RabbitMQ's ERROR follows SUBSCRIBE within
             # milliseconds): it stays the consumer's failure until a quiet second has passed
-            proven = time.monotonic() + _REFUSAL_QUIET_S
+            connected_at = proven = time.monotonic()
+            proven += _REFUSAL_QUIET_S
+            delivered = False
             if refused is None and self._error is None:
                 self.last_failure = None
             while not stop.is_set() and not self._lost_event.is_set():
@@ -536,6 +538,7 @@ class StompConsumer:
                 except queue.Empty:
                     continue
                 if conn is self._conn:
+                    delivered = True
                     self._deliver(conn, frame)
                     if self._store_failure is None and refused is None:
                         backoff.reset()  # the store took one: a failure after starts over
@@ -553,8 +556,17 @@ class StompConsumer:
                     log.warning("consumer: %s; taking messages again in %.1fs", store_failure,
                                 delay)
                     stop.wait(delay)
-            elif error is None:
+            elif error is None and (delivered or time.monotonic() - connected_at
+                                    >= self.broker.reconnect_max_s):
                 backoff.reset()  # a connection lost, not refused: reconnect at once
+            elif error is None:
+                # ended on its own before it brought anything: a broker that drops this
+                # client each time would otherwise be a loop of connections
+                if not stop.is_set():
+                    delay = backoff.next_delay()
+                    log.warning("consumer: the connection ended after %.1fs with no message; "
+                                "reconnecting in %.1fs", time.monotonic() - connected_at, delay)
+                    stop.wait(delay)
             elif not stop.is_set():
                 delay = backoff.next_delay()
                 log.warning("consumer: %s; retrying in %.1fs", error, delay)

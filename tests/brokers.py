@@ -171,13 +171,15 @@ class Endpoint:
     """A TCP listener on loopback that takes connections and, per `answer`, says nothing
     (`silent`: a load balancer before a dead broker), hangs up at once (`close`), or answers
     CONNECT with CONNECTED (no heart-beats) and then nothing more (`frozen`: a broker that
-    stopped answering)."""
+    stopped answering), or answers CONNECT and hangs up at the next frame (`hangup`: a broker
+    that drops each client after it subscribes). `accepted` counts the connections."""
 
     def __init__(self, answer: str) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.answer = answer
         self.held: list[socket.socket] = []
+        self.accepted = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -186,15 +188,17 @@ class Endpoint:
                 client, _ = self.server.accept()
             except OSError:
                 return
+            self.accepted += 1
             if self.answer == "close":
                 client.close()
                 continue
             self.held.append(client)
-            if self.answer == "frozen":
-                threading.Thread(target=self._connected, args=(client,), daemon=True).start()
+            if self.answer in ("frozen", "hangup"):
+                threading.Thread(target=self._connected, args=(client, self.answer == "hangup"),
+                                 daemon=True).start()
 
     @staticmethod
-    def _connected(client: socket.socket) -> None:
+    def _connected(client: socket.socket, hangup: bool) -> None:
         try:
             received = b""
             while b"\x00" not in received:
@@ -204,7 +208,10 @@ class Endpoint:
                 received += chunk
             client.sendall(b"CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00")
             while client.recv(4096):
-                pass  # frames read, never answered
+                if hangup:
+                    client.close()
+                    return
+                # frozen: frames read, never answered
         except OSError:
             pass
 

@@ -585,6 +585,28 @@ def test_the_relay_and_the_consumer_fail_over_to_the_next_broker_listed(
         silent.close()
 
 
+def test_a_broker_that_drops_each_connection_is_retried_with_backoff(settings, codec,
+                                                                      tmp_path) -> None:
+    """A connection that ends on its own, no ERROR said, is reconnected at once (a broker
+    restarting, a network blip); one that ends before it delivered anything, over and over,
+    is a broker that will not keep this client: backoff, not a loop of connections."""
+    endpoint = Endpoint("hangup")
+    s = replace(settings, broker=replace(settings.broker, port=endpoint.port,
+                                         receipt_timeout_s=1.0, reconnect_initial_s=0.2,
+                                         reconnect_max_s=1.0, heartbeat_ms=0),
+                inbound=replace(settings.inbound, enabled=True, destination="/queue/x"))
+    service = make_service(s, codec, tmp_path)
+    consumer = StompConsumer(s.broker, s.inbound, service.consume,
+                             lambda h, b, r: service.dead_letter("broker", r, h, b))
+    try:
+        with ConsumerThread(consumer):
+            time.sleep(3)
+    finally:
+        endpoint.close()
+    # backoff 0.2 s doubled up to 1 s (with jitter): some 5-7 connections in 3 s
+    assert 2 <= endpoint.accepted <= 12, endpoint.accepted
+
+
 def test_readiness_takes_any_listed_broker_that_listens(settings, tmp_path) -> None:
     from gateway.bootstrap import bootstrap, ready_checks
 
