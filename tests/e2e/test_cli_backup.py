@@ -114,3 +114,21 @@ def test_backup_refuses_what_it_cannot_copy_and_says_why(tmp_path: Path) -> None
     done = run_cli(["backup", str(tmp_path / "x.db")], env=_store_env(other))
     assert done.returncode == 1 and "no gateway store" in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.db", "link.db", "other.db"]
+
+
+def test_backup_copies_an_older_store_as_it_is_unmigrated(tmp_path: Path) -> None:
+    """Before an upgrade the backup is the way back: the new version's command must not
+    migrate the store it copies (an older gateway refuses a migrated one)."""
+    db = tmp_path / "g.db"
+    SqlStore(f"sqlite:///{db}").close()
+    with sqlite3.connect(db) as conn:  # as a store from before the latest migration reads
+        conn.execute("UPDATE schema_version SET version = 5")
+    conn.close()
+    dest = tmp_path / "copy.db"
+    done = run_cli(["backup", str(dest)], env=_store_env(db))
+    assert done.returncode == 0, done.stderr
+    assert "store schema version 5, integrity ok" in done.stdout
+    for path in (db, dest):
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT version FROM schema_version").fetchone() == (5,)
+        conn.close()
