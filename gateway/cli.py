@@ -32,6 +32,7 @@ from gateway.errors import (
     MappingError,
     StoreError,
     TransitionError,
+    UnknownSubscriptionError,
     UsageError,
     clip,
     printable,
@@ -474,6 +475,57 @@ def cmd_backup(args: argparse.Namespace) -> int:
     print(f"backed up {printable(copy.source)} to {printable(copy.dest)}: "
           f"{-(-copy.size // 1024):,} KiB, store schema version {copy.schema_version}, "
           "integrity ok")
+    return EXIT_OK
+
+
+def _subscription_view(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The subscription's view as GET /subscriptions/<usn> gives it; None (said on stderr)
+    when the store holds no such usn."""
+    from gateway.bootstrap import bootstrap
+
+    settings = _settings(args)
+    runtime = bootstrap(settings)
+    try:
+        return runtime.service.subscription_view(args.usn)
+    except UnknownSubscriptionError:
+        print(f"smile-gateway: no subscription with usn {printable(args.usn)} in the store "
+              f"({redact_url(settings.store.url)})", file=sys.stderr)
+        return None
+    finally:
+        runtime.close()
+
+
+def cmd_subscription_show(args: argparse.Namespace) -> int:
+    view = _subscription_view(args)
+    if view is None:
+        return EXIT_INVALID
+    if args.format == "json":
+        print(json.dumps(view, indent=2))
+        return EXIT_OK
+    request = view["provisionRequestId"]
+    features = "; ".join(f"{f['featureId']} {printable(f['name'] or '')}".rstrip()
+                         for f in view["features"])
+    print(f"subscription {printable(view['usn'])} (sid {view['sid']})")
+    print("  statuses: " + ", ".join(f"{k} {v}" for k, v in view["statuses"].items()))
+    print("  states: " + ", ".join(f"{k} {v}" for k, v in view["states"].items()))
+    print(f"  provisionRequestId: {'none open' if request is None else f'{request} (open)'}")
+    print(f"  features: {features or '(none)'}")
+    print("history (oldest first, the newest 100 at most):")
+    for entry in view["history"]:
+        change = (f"{entry['vocabulary']} {entry['from'] or '(none)'} -> {entry['to']}"
+                  if entry["vocabulary"] else "-")
+        print(f"  {_iso(entry['at'])}  {printable(entry['source'])}  "
+              f"{printable(entry['eventId'] or '-')}  {printable(change)}  "
+              f"{printable(json.dumps(entry['detail'], ensure_ascii=False))}")
+    return EXIT_OK
+
+
+def cmd_subscription_snapshot(args: argparse.Namespace) -> int:
+    view = _subscription_view(args)
+    if view is None:
+        return EXIT_INVALID
+    sys.stdout.write(view["snapshot"])
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -964,6 +1016,20 @@ def build_parser() -> argparse.ArgumentParser:
     _discard_parser(dsub, common, "settle dead letters no fix will make acceptable, saying why",
                     "why (kept with the letter; `dead-letters show` prints it)",
                     cmd_dead_letters_discard)
+
+    sb = sub.add_parser("subscription", parents=[common],
+                        help="what the store holds of one subscription")
+    ssub = sb.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = ssub.add_parser("show", parents=[common],
+                        help="snapshot flags, states, open request, features and history, as "
+                        "GET /subscriptions/<usn> gives them")
+    p.add_argument("usn", metavar="USN")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_subscription_show)
+    p = ssub.add_parser("snapshot", parents=[common],
+                        help="the stored Smile document on stdout (for translate --snapshot)")
+    p.add_argument("usn", metavar="USN")
+    p.set_defaults(func=cmd_subscription_snapshot)
 
     p = sub.add_parser("status", parents=[common],
                        help="what the store holds; exit 1 when something needs an operator")
