@@ -1,10 +1,13 @@
 """docs/smile-gateway.service: a unit systemd takes, hardened, and in step with `serve` (its
-command line, its stop, its exit statuses)."""
+command line, its stop, its exit statuses); docs/smile-gateway-backup.service and .timer: a
+nightly `backup` as the same user, whose commands do what they say."""
 
 from __future__ import annotations
 
 import configparser
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,6 +20,8 @@ from gateway.config import load_settings
 from tests.conftest import ROOT
 
 UNIT = ROOT / "docs" / "smile-gateway.service"
+BACKUP = ROOT / "docs" / "smile-gateway-backup.service"
+TIMER = ROOT / "docs" / "smile-gateway-backup.timer"
 EXPOSURE_AT_MOST = 2.0  # systemd-analyze security: "OK" is below 4
 
 
@@ -28,31 +33,39 @@ def analyze() -> str:
     return found
 
 
-def service() -> configparser.SectionProxy:
+def service(unit: Path = UNIT) -> configparser.SectionProxy:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys as written
-    parser.read_string(UNIT.read_text())
+    parser.read_string(unit.read_text())
     return parser["Service"]
 
 
-def here(tmp_path: Path) -> Path:
-    """The unit with its ExecStart pointed at this checkout's entry point, which exists."""
-    entry = Path(sys.executable).with_name("smile-gateway")
-    assert entry.is_file(), entry
-    unit = tmp_path / UNIT.name
-    unit.write_text(UNIT.read_text().replace("/opt/smile-gateway/.venv/bin/smile-gateway",
-                                             str(entry)))
-    return unit
+ENTRY = Path(sys.executable).with_name("smile-gateway")
 
 
-def test_systemd_takes_the_unit(tmp_path: Path) -> None:
-    done = subprocess.run([analyze(), "verify", str(here(tmp_path))], capture_output=True,
-                          text=True, timeout=60)
+def here(tmp_path: Path, *units: Path) -> Path:
+    """The units (the serve unit by default) with their ExecStart pointed at this checkout's
+    entry point, which exists, in tmp_path; the first one's path."""
+    assert ENTRY.is_file(), ENTRY
+    written = []
+    for unit in units or (UNIT,):
+        written.append(tmp_path / unit.name)
+        written[-1].write_text(unit.read_text().replace(
+            "/opt/smile-gateway/.venv/bin/smile-gateway", str(ENTRY)))
+    return written[0]
+
+
+@pytest.mark.parametrize("units", [(UNIT,), (BACKUP,), (TIMER, BACKUP)],
+                         ids=["serve", "backup", "timer"])
+def test_systemd_takes_the_unit(tmp_path: Path, units: tuple[Path, ...]) -> None:
+    done = subprocess.run([analyze(), "verify", str(here(tmp_path, *units))],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
-def test_the_unit_is_hardened(tmp_path: Path) -> None:
-    done = subprocess.run([analyze(), "security", "--offline=true", str(here(tmp_path))],
+@pytest.mark.parametrize("unit", [UNIT, BACKUP], ids=["serve", "backup"])
+def test_the_unit_is_hardened(tmp_path: Path, unit: Path) -> None:
+    done = subprocess.run([analyze(), "security", "--offline=true", str(here(tmp_path, unit))],
                           capture_output=True, text=True, timeout=60)
     found = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
     assert found, done.stdout + done.stderr
@@ -72,3 +85,52 @@ def test_the_unit_runs_serve_as_the_command_line_has_it_and_stops_it_in_time() -
     # the default store, sqlite:///var/gateway.db, is relative to the working directory
     assert unit["WorkingDirectory"] == "/var/lib/" + unit["StateDirectory"]
     assert defaults.store.url == "sqlite:///var/gateway.db"
+
+
+def _unescaped(line: str) -> list[str]:
+    """A unit's command line as systemd hands it on: `$$` is `$`, `%%` is `%`."""
+    return shlex.split(line.replace("$$", "$").replace("%%", "%"))
+
+
+def test_the_backup_unit_runs_as_the_gateway_and_its_commands_work(tmp_path: Path) -> None:
+    backup, serve = service(BACKUP), service(UNIT)
+    # the same dynamic user as serve (the unit's name is serve's user name) and its folder
+    assert backup["User"] == UNIT.stem and backup["DynamicUser"] == serve["DynamicUser"]
+    assert backup["WorkingDirectory"] == serve["WorkingDirectory"]
+    assert backup["StateDirectory"].split()[0] == serve["StateDirectory"]
+    assert backup["EnvironmentFile"] == serve["EnvironmentFile"]
+    # ExecStart, run here as systemd would run it, writes a checked copy into backups/
+    state = tmp_path / "state"
+    (state / "backups").mkdir(parents=True)
+    shell, flag, script = _unescaped(backup["ExecStart"])
+    assert (shell, flag) == ("/bin/sh", "-c")
+    command = shlex.split(script)
+    assert command[:2] == ["exec", "/opt/smile-gateway/.venv/bin/smile-gateway"]
+    args = build_parser().parse_args(command[2:])
+    assert args.func.__name__ == "cmd_backup" and args.config == serve["ExecStart"].split()[2]
+    from adapters.sql_store import SqlStore
+
+    SqlStore(f"sqlite:///{state / 'var' / 'gateway.db'}").close()  # the default store.url
+    script = script.replace("/opt/smile-gateway/.venv/bin/smile-gateway", str(ENTRY)).replace(
+        "--config /etc/smile-gateway/config.yaml ", "")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    done = subprocess.run([shell, flag, script], cwd=state, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [copy] = (state / "backups").iterdir()
+    assert re.fullmatch(r"gateway-\d{4}-\d\d-\d\dT\d{6}Z\.db", copy.name), copy.name
+    assert "integrity ok" in done.stdout
+    # ExecStartPost deletes the copies older than 14 days, and only those
+    old, recent = state / "backups" / "gateway-old.db", state / "backups" / "gateway-13d.db"
+    other = state / "backups" / "notes.txt"
+    for path, days in ((old, 15), (recent, 13), (other, 40)):
+        path.write_text("x")
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - days * 86_400 + 3600))
+    prune = _unescaped(backup["ExecStartPost"])
+    prune[1] = str(state / "backups")
+    assert subprocess.run(prune, timeout=60).returncode == 0
+    assert sorted(p.name for p in (state / "backups").iterdir()) == sorted(
+        [copy.name, recent.name, other.name])
+    timer = configparser.ConfigParser(interpolation=None)
+    timer.read_string(TIMER.read_text())
+    assert timer["Timer"]["Persistent"] == "true"  # a night missed runs at the next boot
