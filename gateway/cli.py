@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from gateway import __version__, batch
 from gateway.config import (
     CONFIG_ENV,
     Settings,
+    advisories,
     endpoint_text,
     load_settings,
     redact_url,
@@ -297,6 +297,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"# {line}")
         sys.stdout.write(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True))
         return EXIT_OK
+    for advice in advisories(settings):
+        print(f"warning: {advice}", file=sys.stderr)
     counts = ", ".join(f"{name}: {len(v.states)} states"
                        for name, v in settings.mapping.vocabularies.items())
     print(f"configuration OK ({settings.source}; {counts}; "
@@ -728,16 +730,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_INVALID if attention else EXIT_OK
 
 
-def _loopback(host: str) -> bool:
-    """Whether a listening address takes this machine's own connections only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a name: it may resolve to any address
-        return False
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """Webhook + outbox relays + broker consumer in one process, until SIGTERM, SIGINT or
     SIGHUP (each a graceful stop)."""
@@ -796,10 +788,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
              settings.inbound.destination if settings.inbound.enabled else "off",
              settings.forward.url or "off",
              f"on ({secrets} secret{'s' if secrets > 1 else ''})" if secrets else "off", brokers)
-    if not secrets and not _loopback(settings.webhook.host):
-        log.warning("webhook.host %s takes requests from other machines and webhook.secret is "
-                    "unset: anyone who reaches the port can post documents and events",
-                    settings.webhook.host)
+    for advice in advisories(settings):
+        log.warning("%s", advice)
     try:
         server.run()
     except SystemExit:

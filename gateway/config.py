@@ -449,6 +449,52 @@ def settings_in_force(settings: Settings) -> tuple[dict[str, dict[str, Any]], li
     return shown, secrets
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an address is this machine's own (a name other than localhost may resolve
+    to any address, so it is not)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# Standard Webhooks senders retry for about 28 hours (5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+# 10 h): a dedupe key must outlive the last retry
+_RETENTION_ADVISED_DAYS = 2
+
+
+def advisories(settings: Settings) -> list[str]:
+    """Settings that work but put something at risk: `serve` logs each as a WARNING at
+    start, `check-config` prints them (and still passes)."""
+    found = []
+    webhook, store, forward, broker = (settings.webhook, settings.store, settings.forward,
+                                       settings.broker)
+    if not webhook.secret and not is_loopback(webhook.host):
+        found.append(f"webhook.host {webhook.host} takes requests from other machines and "
+                     "webhook.secret is unset: anyone who reaches the port can post documents "
+                     "and events")
+    if 0 < store.retention_days < _RETENTION_ADVISED_DAYS:
+        found.append(f"store.retention_days {store.retention_days:g} deletes a delivery's "
+                     "dedupe key before a Standard Webhooks sender stops retrying it (its "
+                     "schedule spans about 28 hours): a retry after that is recorded again; "
+                     f"keep {_RETENTION_ADVISED_DAYS} days or more")
+    url = urlsplit(forward.url)
+    if forward.token and url.scheme == "http" and not is_loopback(url.hostname or ""):
+        found.append(f"forward.token goes to {redact_url(forward.url)} in clear text: an "
+                     "https forward.url keeps it from the network")
+    if broker.password and not broker.tls and (settings.emission.enabled
+                                               or settings.inbound.enabled):
+        exposed = [endpoint_text(host, port) for host, port in broker.endpoints
+                   if not is_loopback(host)]
+        if exposed:
+            found.append(f"broker.password goes to {' and '.join(exposed)} in clear text: "
+                         "broker.tls with the broker's stomp+ssl port keeps it from the "
+                         "network")
+    return found
+
+
 def redact_url(url: str) -> str:
     """A store URL without its password, for logs and messages; also one that does not parse
     (an unclosed IPv6 bracket, a port that is no number): what it has after `user:` and

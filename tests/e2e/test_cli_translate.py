@@ -188,6 +188,9 @@ def test_check_config_accepts_the_shipped_file_and_names_a_bad_key(tmp_path: Pat
     assert "ReadyToProvision" in done.stderr
     env = run_cli(["check-config"], env={"GATEWAY_BROKER__PORT": "high"})
     assert env.returncode == 2 and "broker.port" in env.stderr
+    risky = run_cli(["check-config"], env={"GATEWAY_STORE__RETENTION_DAYS": "0.5"})
+    assert risky.returncode == 0 and "configuration OK" in risky.stdout  # it works
+    assert risky.stderr.startswith("warning: store.retention_days 0.5 deletes")
 
 
 def test_every_flag_is_named_in_the_table_output(capsys) -> None:

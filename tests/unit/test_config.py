@@ -315,3 +315,34 @@ def test_each_of_several_webhook_secrets_is_checked(secret: str, words: str) -> 
 def test_two_webhook_secrets_are_taken_while_one_replaces_the_other() -> None:
     s = load_settings(None, {"GATEWAY_WEBHOOK__SECRET": " whsec_bmV3 \t whsec_b2xk "})
     assert secret_keys(s.webhook.secret) == (b"new", b"old")
+
+
+def test_settings_that_work_but_put_something_at_risk_are_advised_against() -> None:
+    from gateway.config import advisories
+
+    assert advisories(load_settings(None, {})) == []  # the embedded defaults
+    exposed = advisories(load_settings(None, {"GATEWAY_WEBHOOK__HOST": "0.0.0.0"}))
+    assert exposed == ["webhook.host 0.0.0.0 takes requests from other machines and "
+                       "webhook.secret is unset: anyone who reaches the port can post "
+                       "documents and events"]
+    assert advisories(load_settings(None, {"GATEWAY_WEBHOOK__HOST": "::1"})) == []
+    short = advisories(load_settings(None, {"GATEWAY_STORE__RETENTION_DAYS": "0.5"}))
+    assert short == ["store.retention_days 0.5 deletes a delivery's dedupe key before a "
+                     "Standard Webhooks sender stops retrying it (its schedule spans about 28 "
+                     "hours): a retry after that is recorded again; keep 2 days or more"]
+    assert advisories(load_settings(None, {"GATEWAY_STORE__RETENTION_DAYS": "0"})) == []
+    token = {"GATEWAY_FORWARD__TOKEN": "t0ken"}
+    clear = advisories(load_settings(None, {**token,
+                                            "GATEWAY_FORWARD__URL": "http://orders.lan/ev"}))
+    assert clear == ["forward.token goes to http://orders.lan/ev in clear text: an https "
+                     "forward.url keeps it from the network"]
+    for url in ("https://orders.lan/ev", "http://127.0.0.1:9000/ev", "http://localhost/ev"):
+        assert advisories(load_settings(None, {**token, "GATEWAY_FORWARD__URL": url})) == []
+    password = {"GATEWAY_BROKER__PASSWORD": "pw", "GATEWAY_INBOUND__ENABLED": "true",
+                "GATEWAY_BROKER__HOST": "127.0.0.1", "GATEWAY_BROKER__FAILOVER": "mq2.lan:61613"}
+    assert advisories(load_settings(None, password)) == [
+        "broker.password goes to mq2.lan:61613 in clear text: broker.tls with the broker's "
+        "stomp+ssl port keeps it from the network"]
+    assert advisories(load_settings(None, {**password, "GATEWAY_BROKER__TLS": "true"})) == []
+    quiet = {**password, "GATEWAY_INBOUND__ENABLED": "false"}  # no broker is used
+    assert advisories(load_settings(None, quiet)) == []
