@@ -43,7 +43,7 @@ from gateway.errors import (
 )
 from gateway.events import parse_order_event, parse_tmf622_event
 from gateway.ports import BROKER, FORWARD, Store
-from gateway.service import GatewayService
+from gateway.service import CONSUME_OUTCOMES, GatewayService
 from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_keys, verify
 
 log = logging.getLogger(__name__)
@@ -255,10 +255,6 @@ class _ReadyCollector:
         yield family
 
 
-# what the consumer makes of a broker message, once acknowledged (GatewayService.consume)
-BROKER_OUTCOMES = ("accepted", "duplicate", "dead-letter", "own")
-
-
 class _AcceptedCollector:
     """Smile documents accepted by source, the webhook's counted by its route and the
     broker's by the consumer; and the consumer's messages by outcome (read at scrape time)."""
@@ -282,7 +278,7 @@ class _AcceptedCollector:
         outcomes = CounterMetricFamily("smile_gateway_broker_messages",
                                        "Messages consumed from the broker and acknowledged, by "
                                        "outcome", labels=["outcome"])
-        for outcome in BROKER_OUTCOMES:
+        for outcome in CONSUME_OUTCOMES:
             outcomes.add_metric([outcome], counts.get(outcome, 0))
         yield accepted
         yield outcomes

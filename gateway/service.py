@@ -56,6 +56,8 @@ from gateway.translator import Translator, check_message, feature_diff, state_ke
 log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "gateway-origin"
+# what `consume` makes of a broker message (its consumer counts them, /metrics exports them)
+CONSUME_OUTCOMES = ("accepted", "duplicate", "dead-letter", "own")
 # The flags of a subscription the gateway creates from an order event, before any change.
 NEW_SUBSCRIPTION_FLAGS = Statuses(ProvisionStatus.READY_TO_PROVISION, SuspendStatus.ACTIVE,
                                   ActivateStatus.NOT_ACTIVATED, EnableStatus.NOT_ENABLED)
