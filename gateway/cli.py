@@ -287,6 +287,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     build_codec(settings)  # the schema compiles (a ConfigError naming schema.path if not)
+    for advice in advisories(settings):
+        print(f"warning: {advice}", file=sys.stderr)
     if args.show:
         import yaml  # here: the other commands start faster without it
 
@@ -297,8 +299,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"# {line}")
         sys.stdout.write(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True))
         return EXIT_OK
-    for advice in advisories(settings):
-        print(f"warning: {advice}", file=sys.stderr)
     counts = ", ".join(f"{name}: {len(v.states)} states"
                        for name, v in settings.mapping.vocabularies.items())
     print(f"configuration OK ({settings.source}; {counts}; "

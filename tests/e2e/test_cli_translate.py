@@ -191,6 +191,9 @@ def test_check_config_accepts_the_shipped_file_and_names_a_bad_key(tmp_path: Pat
     risky = run_cli(["check-config"], env={"GATEWAY_STORE__RETENTION_DAYS": "0.5"})
     assert risky.returncode == 0 and "configuration OK" in risky.stdout  # it works
     assert risky.stderr.startswith("warning: store.retention_days 0.5 deletes")
+    shown = run_cli(["check-config", "--show"], env={"GATEWAY_STORE__RETENTION_DAYS": "0.5"})
+    assert shown.returncode == 0 and "retention_days: 0.5" in shown.stdout
+    assert shown.stderr == risky.stderr  # the YAML on stdout stays clean
 
 
 def test_every_flag_is_named_in_the_table_output(capsys) -> None:
