@@ -251,6 +251,9 @@ class PgStore(SqlStoreBase):
         except psycopg.Error as exc:
             raise StoreError(f"store unavailable: {str(exc).strip()}") from exc
 
+    def _state_in(self, vocabulary: str) -> tuple[str, str]:
+        return "(states::jsonb ->> ?)", vocabulary
+
     def _lock_usn(self, conn: Connection, usn: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", ("usn:" + usn,))
 

@@ -28,6 +28,7 @@ from gateway.ports import (
     OutboxItem,
     Replayed,
     SubscriptionRecord,
+    SubscriptionSummary,
 )
 
 T = TypeVar("T")
@@ -109,6 +110,11 @@ class SqlStoreBase:
 
     def _lock_usn(self, conn: Connection, usn: str) -> None:
         """Serialise the writers of one subscription (a no-op where writers are serial)."""
+
+    def _state_in(self, vocabulary: str) -> tuple[str, str]:
+        """SQL for a subscription's state in `vocabulary` (from its `states` JSON text), and
+        its parameter."""
+        raise NotImplementedError
 
     def claim(self, channel: str, limit: int, now: float) -> list[OutboxItem]:
         raise NotImplementedError
@@ -216,6 +222,25 @@ class SqlStoreBase:
                 for at, source, event_id, vocabulary, previous, state, detail in reversed(rows)]
 
     # -- outbox -----------------------------------------------------------------------------
+
+    def subscriptions(self, state: tuple[str, str] | None = None,
+                      changed_before: float | None = None,
+                      limit: int = 1000) -> list[SubscriptionSummary]:
+        where: list[str] = []
+        params: list[Any] = []
+        if state is not None:
+            sql, param = self._state_in(state[0])
+            where.append(f"{sql} = ?")
+            params += [param, state[1]]
+        if changed_before is not None:
+            where.append("updated_at < ?")
+            params.append(changed_before)
+        rows = self._read(lambda c: c.execute(
+            "SELECT usn, sid, states, provision_request_id, updated_at FROM subscriptions"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY updated_at, usn LIMIT ?", (*params, limit)).fetchall())
+        return [SubscriptionSummary(usn, int(sid), json.loads(states), request, float(at))
+                for usn, sid, states, request, at in rows]
 
     @staticmethod
     def _outbox_row(item: NewOutboxItem, now: float) -> tuple[Any, ...]:

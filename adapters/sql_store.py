@@ -413,6 +413,9 @@ class SqlStore(SqlStoreBase):
         return SubscriptionRecord(usn, sid, bytes(row[0]), states, request,
                                   None if feature_ids is None else frozenset(feature_ids))
 
+    def _state_in(self, vocabulary: str) -> tuple[str, str]:
+        return "json_extract(states, ?)", f'$."{vocabulary}"'  # a mapping's vocabulary name
+
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
             return fn(self._conn())

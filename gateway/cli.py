@@ -522,6 +522,45 @@ def cmd_subscription_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_subscription_list(args: argparse.Namespace) -> int:
+    from gateway.translator import state_key
+
+    settings = _settings(args)
+    state: tuple[str, str] | None = None
+    if args.state is not None:
+        name, sep, text = args.state.partition("=")
+        if not sep:
+            print(f"smile-gateway: subscription list: give --state as VOCABULARY=STATE "
+                  f"(order=inProgress), not {printable(args.state)!r}", file=sys.stderr)
+            return EXIT_USAGE
+        state = (name, settings.mapping.vocabulary(name).resolve(text))  # MappingError: 2
+    now = time.time()
+    changed_before = None if args.unchanged_for is None else now - args.unchanged_for
+    found = _from_store(args, lambda store: store.subscriptions(state, changed_before,
+                                                                args.limit + 1), settings)
+    more, found = len(found) > args.limit, found[:args.limit]
+    keys = [state_key(name) for name in settings.mapping.vocabularies]
+    if args.format == "json":
+        json.dump([{"usn": s.usn, "sid": s.sid,
+                    "states": {state_key(k): v for k, v in s.states.items()},
+                    "provisionRequestId": s.provision_request_id, "changedAt": _iso(s.updated_at),
+                    "unchangedSeconds": round(now - s.updated_at, 3)} for s in found],
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    print(f"{'usn':14} {'sid':>8}  " + "".join(f"{k:26}" for k in keys)
+          + f"{'request':>8}  {'changed':25}  unchanged for")
+    for s in found:
+        states = {state_key(k): v for k, v in s.states.items()}
+        request = "-" if s.provision_request_id is None else str(s.provision_request_id)
+        print(f"{printable(s.usn):14} {s.sid:>8}  "
+              + "".join(f"{printable(states.get(k) or '-'):26}" for k in keys)
+              + f"{request:>8}  {_iso(s.updated_at):25}  {_duration(now - s.updated_at)}")
+    print(f"{len(found)} subscription(s)" + (
+        f", the least recently changed (--limit {args.limit}: there are more)" if more else ""))
+    return EXIT_OK
+
+
 def cmd_subscription_snapshot(args: argparse.Namespace) -> int:
     view = _subscription_view(args)
     if view is None:
@@ -1016,6 +1055,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("usn", metavar="USN")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_subscription_show)
+    p = ssub.add_parser("list", parents=[common],
+                        help="subscriptions, the least recently changed first (orders stuck "
+                        "in a state: --state order=inProgress --unchanged-for 86400)")
+    p.add_argument("--state", metavar="VOCABULARY=STATE", help="those in this state")
+    p.add_argument("--unchanged-for", type=_positive("seconds"), metavar="SECONDS",
+                   help="those not changed for this long")
+    p.add_argument("--limit", type=_count, default=1000, metavar="N",
+                   help="at most N (1000)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_subscription_list)
     p = ssub.add_parser("snapshot", parents=[common],
                         help="the stored Smile document on stdout (for translate --snapshot)")
     p.add_argument("usn", metavar="USN")

@@ -92,6 +92,17 @@ class SubscriptionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriptionSummary:
+    """A subscription as `subscription list` shows it: its states and when it last changed."""
+
+    usn: str
+    sid: int
+    states: dict[str, str | None]
+    provision_request_id: int | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class NewOutboxItem:
     channel: str
     message_id: str
@@ -180,6 +191,13 @@ class Store(Protocol):
     def subscription(self, usn: str) -> SubscriptionRecord | None: ...
 
     def history(self, usn: str, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    def subscriptions(self, state: tuple[str, str] | None = None,
+                      changed_before: float | None = None,
+                      limit: int = 1000) -> list[SubscriptionSummary]:
+        """Least recently changed first; with `state` (vocabulary, state) those in it, with
+        `changed_before` those unchanged since."""
+        ...
 
     def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]: ...
 

@@ -83,3 +83,49 @@ def test_an_unknown_subscription_is_named(tmp_path: Path) -> None:
         assert done.stderr == ("smile-gateway: no subscription with usn 999 in the store "
                                f"(sqlite:///{tmp_path / 'g.db'})\n")
         assert done.stdout == ""
+
+
+def test_list_finds_orders_stuck_in_a_state_oldest_change_first(tmp_path: Path) -> None:
+    import sqlite3
+    import time
+
+    env, _ = seeded(tmp_path)  # USN: order inProgress
+    runtime = bootstrap(load_settings(None, env))
+    try:
+        for usn, states in (("N-2", ["inProgress"]), ("N-3", ["inProgress", "completed"])):
+            runtime.service.accept_smile_document(
+                RTP.replace(USN.encode(), usn.encode()), "SubscriptionReadyToProvision",
+                {"provisionRequestId": "40"}, None, "webhook")
+            for n, state in enumerate(states):
+                runtime.service.apply_state_change(StateChange(f"ev-{usn}-{n}", usn, "order",
+                                                               state))
+    finally:
+        runtime.close()
+    now = time.time()
+    with sqlite3.connect(tmp_path / "g.db") as conn:  # USN unchanged for 3 days, N-2 for 2 h
+        for usn, age in ((USN, 3 * 86_400), ("N-2", 7_200), ("N-3", 60)):
+            conn.execute("UPDATE subscriptions SET updated_at = ? WHERE usn = ?",
+                         (now - age, usn))
+    conn.close()
+    stuck = run_cli(["subscription", "list", "--state", "order=inProgress", "--unchanged-for",
+                     "86400", "--format", "json"], env=env)
+    assert stuck.returncode == 0, stuck.stderr
+    [only] = json.loads(stuck.stdout)
+    assert (only["usn"], only["states"]["order_state"], only["provisionRequestId"]) == (
+        USN, "inProgress", 31)
+    assert 3 * 86_400 - 60 < only["unchangedSeconds"] < 3 * 86_400 + 60
+    table = run_cli(["subscription", "list", "--state", "order=inProgress"], env=env)
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["usn", "sid", "order_state", "subscription_status", "request",
+                                "changed", "unchanged", "for"]
+    assert [line.split()[0] for line in lines[1:-1]] == [USN, "N-2"]  # the oldest first
+    assert lines[1].split()[-1] == "72h", lines[1]
+    assert lines[-1] == "2 subscription(s)"
+    cut = run_cli(["subscription", "list", "--limit", "1"], env=env)
+    assert cut.stdout.splitlines()[-1] == ("1 subscription(s), the least recently changed "
+                                           "(--limit 1: there are more)")
+    for bad, why in ((["--state", "order"], "give --state as VOCABULARY=STATE"),
+                     (["--state", "shipping=x"], "unknown vocabulary 'shipping'"),
+                     (["--state", "order=bogus"], "unknown order state 'bogus'")):
+        refused = run_cli(["subscription", "list", *bad], env=env)
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr

@@ -23,6 +23,7 @@ from gateway.ports import (
     Replayed,
     RequestIds,
     SubscriptionRecord,
+    SubscriptionSummary,
 )
 from tests.stores import KINDS, open_store, store_url
 
@@ -367,3 +368,27 @@ def test_prune_deletes_settled_dead_letters_past_the_cut_and_keeps_outstanding_o
     assert store.prune(before=200.0, batch=1) == {"outbox": 0, "dedupe": 0, "dead_letters": 2}
     assert [d["id"] for d in store.dead_letters()] == [waiting, settled_late]
     assert store.prune(before=200.0) == {"outbox": 0, "dedupe": 0, "dead_letters": 0}
+
+
+def test_subscriptions_are_listed_least_recently_changed_first_by_state(store) -> None:
+    """`subscription list`: which orders sit in a state, and since when (stuck ones first)."""
+    now = [1000.0]
+    store.clock = lambda: now[0]
+    for usn, states, at in (("u-new", {"order": "inProgress", "subscription": "active"}, 3000.0),
+                            ("u-old", {"order": "inProgress", "subscription": None}, 1000.0),
+                            ("u-done", {"order": "completed"}, 2000.0)):
+        now[0] = at
+        store.record(usn, None, lambda r, ids, usn=usn, states=states: Decision(
+            subscription(usn, states, 7 if usn == "u-old" else None)))
+    listed = store.subscriptions()
+    assert [(s.usn, s.updated_at) for s in listed] == [
+        ("u-old", 1000.0), ("u-done", 2000.0), ("u-new", 3000.0)]
+    assert listed[0] == SubscriptionSummary("u-old", 173, {"order": "inProgress",
+                                                          "subscription": None}, 7, 1000.0)
+    assert [s.usn for s in store.subscriptions(state=("order", "inProgress"))] == [
+        "u-old", "u-new"]
+    assert [s.usn for s in store.subscriptions(state=("order", "inProgress"),
+                                               changed_before=2500.0)] == ["u-old"]
+    assert [s.usn for s in store.subscriptions(state=("subscription", "active"))] == ["u-new"]
+    assert store.subscriptions(state=("order", "closed")) == []
+    assert [s.usn for s in store.subscriptions(limit=2)] == ["u-old", "u-done"]
