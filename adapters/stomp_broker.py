@@ -524,8 +524,8 @@ class StompConsumer:
                 continue
             # a refusal is answered at once (RabbitMQ's ERROR follows SUBSCRIBE within
             # milliseconds): it stays the consumer's failure until a quiet second has passed
-            connected_at = proven = time.monotonic()
-            proven += _REFUSAL_QUIET_S
+            connected_at = time.monotonic()
+            proven = connected_at + _REFUSAL_QUIET_S
             delivered = False
             if refused is None and self._error is None:
                 self.last_failure = None
@@ -556,16 +556,16 @@ class StompConsumer:
                     log.warning("consumer: %s; taking messages again in %.1fs", store_failure,
                                 delay)
                     stop.wait(delay)
-            elif error is None and (delivered or time.monotonic() - connected_at
-                                    >= self.broker.reconnect_max_s):
-                backoff.reset()  # a connection lost, not refused: reconnect at once
             elif error is None:
-                # ended on its own before it brought anything: a broker that drops this
-                # client each time would otherwise be a loop of connections
-                if not stop.is_set():
+                lasted = time.monotonic() - connected_at
+                if delivered or lasted >= self.broker.reconnect_max_s:
+                    backoff.reset()  # a connection lost, not refused: reconnect at once
+                elif not stop.is_set():
+                    # ended on its own before it brought anything: a broker that drops this
+                    # client each time would otherwise be a loop of connections
                     delay = backoff.next_delay()
                     log.warning("consumer: the connection ended after %.1fs with no message; "
-                                "reconnecting in %.1fs", time.monotonic() - connected_at, delay)
+                                "reconnecting in %.1fs", lasted, delay)
                     stop.wait(delay)
             elif not stop.is_set():
                 delay = backoff.next_delay()
