@@ -2,7 +2,8 @@
 
 The built-in defaults are the project's config.yaml (gateway/defaults.yaml links to it). A
 deployment's file is merged over them, then `GATEWAY_<SECTION>__<KEY>` environment variables
-over that. Secrets come from the environment only.
+over that. Secrets come from the environment only: its variables, or files they name
+(`GATEWAY_<SECTION>__<KEY>_FILE`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ ENV_PREFIX = "GATEWAY_"
 CONFIG_ENV = "GATEWAY_CONFIG"
 SECRETS = {("broker", "password"), ("webhook", "secret"), ("webhook", "read_token"),
            ("forward", "token")}
+FILE_SUFFIX = "_FILE"
+_SECRET_FILE_MAX_BYTES = 1 << 16  # far above any key or password; a wrong path to a log ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +172,13 @@ class Settings:
     logging: LoggingSettings
     mapping: StateMapping
     source: str = "<defaults>"
+    # the secrets read from files ("webhook.secret" -> the path in GATEWAY_WEBHOOK__SECRET_FILE)
+    secret_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 _SECTIONS: dict[str, type[Any]] = {
     name: kind for name, kind in get_type_hints(Settings).items()
-    if name not in ("mapping", "source")
+    if name not in ("mapping", "source", "secret_files")
 }
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 T = TypeVar("T")
@@ -282,6 +287,59 @@ def _env_overrides(environ: Mapping[str, str], known: dict[str, Any]) -> dict[st
             else:
                 node = node.setdefault(key, {})
     return out
+
+
+def _secret_variable(section: str, key: str) -> str:
+    return f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+
+
+def _secret_files(environ: Mapping[str, str], known: Mapping[str, Any]
+                  ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """GATEWAY_<SECTION>__<KEY>_FILE for a secret: its value is that file's text (systemd's
+    LoadCredential=, a mounted Kubernetes or Docker secret), less the line breaks at its end.
+    Returns the environment without those variables, the secrets read ("webhook.secret" ->
+    value) and the files they came from. A _FILE variable for a key that is no secret is an
+    error naming the variable (GATEWAY_BROKER__TLS_CA_FILE is a key of its own, not this)."""
+    rest = dict(environ)
+    values: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    for section, key in sorted(SECRETS):
+        variable = _secret_variable(section, key) + FILE_SUFFIX
+        if variable not in environ:
+            continue
+        path = rest.pop(variable)
+        if _secret_variable(section, key) in environ:
+            raise ConfigError(variable, f"{_secret_variable(section, key)} is set too: give "
+                                        "the secret one way")
+        values[f"{section}.{key}"] = _read_secret_file(variable, path)
+        paths[f"{section}.{key}"] = path
+    for name in rest:
+        if not (name.startswith(ENV_PREFIX) and name.endswith(FILE_SUFFIX) and "__" in name):
+            continue
+        section, _, key = name[len(ENV_PREFIX):-len(FILE_SUFFIX)].lower().partition("__")
+        if isinstance(known.get(section), Mapping) and key in known[section]:
+            files = ", ".join(_secret_variable(*pair) + FILE_SUFFIX for pair in sorted(SECRETS))
+            raise ConfigError(name, f"only the secrets are read from a file: {files}; set "
+                                    f"{name[:-len(FILE_SUFFIX)]} to the value instead")
+    return rest, values, paths
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_SECRET_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > _SECRET_FILE_MAX_BYTES:
+        raise ConfigError(variable, f"{path} holds more than {_SECRET_FILE_MAX_BYTES:,} bytes: "
+                                    "not a secret")
+    try:
+        text = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(variable, f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ConfigError(variable, f"{path} is empty")
+    return text
 
 
 def _check_not_misspelt(name: str, known: Mapping[str, Any]) -> None:
@@ -433,8 +491,11 @@ def settings_in_force(settings: Settings) -> tuple[dict[str, dict[str, Any]], li
         for field in dataclasses.fields(section):
             value = getattr(section, field.name)
             if (name, field.name) in SECRETS:
-                secrets.append(f"{name}.{field.name}: "
-                               + ("set (from the environment)" if value else "not set"))
+                path = settings.secret_files.get(f"{name}.{field.name}")
+                secrets.append(f"{name}.{field.name}: " + (
+                    f"set (from {path}, named by "
+                    f"{_secret_variable(name, field.name)}{FILE_SUFFIX})" if path else
+                    "set (from the environment)" if value else "not set"))
                 continue
             if isinstance(value, Path):
                 value = str(value)
@@ -534,7 +595,7 @@ def _check_secrets_absent(data: Mapping[str, Any], source: str) -> None:
     for section, key in SECRETS:
         value = data.get(section, {})
         if isinstance(value, Mapping) and value.get(key) not in (None, ""):
-            env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
+            env = _secret_variable(section, key)
             raise ConfigError(f"{section}.{key}",
                               f"secrets are read from the environment only: set {env} "
                               f"and remove the key from {source}")
@@ -589,7 +650,11 @@ def load_settings(path: str | Path | None = None,
         source = str(file_path)
         if "schema" in user and "path" in user.get("schema", {}):
             base_dir = file_path.resolve().parent
+    environ, secret_values, secret_paths = _secret_files(environ, data)
     data = _merge(data, _env_overrides(environ, data))
+    for dotted, value in secret_values.items():
+        section, key = dotted.split(".")
+        data[section] = {**data[section], key: value}
 
     sections: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
@@ -671,4 +736,5 @@ def load_settings(path: str | Path | None = None,
             raise ConfigError("forward.url", f"{forward_url!r} is not an http(s) URL with a host",
                               ("\"\" (forwarding off)", "http://HOST[:PORT]/PATH",
                                "https://HOST[:PORT]/PATH"))
-    return Settings(mapping=load_mapping(data.get("mapping")), source=source, **sections)
+    return Settings(mapping=load_mapping(data.get("mapping")), source=source,
+                    secret_files=secret_paths, **sections)

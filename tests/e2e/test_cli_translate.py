@@ -246,6 +246,21 @@ def test_check_config_shows_the_values_in_force_without_the_secrets(tmp_path: Pa
         **shown["store"], "url": "postgresql://gw@db:5432/gw"}}
 
 
+def test_check_config_names_the_file_a_secret_was_read_from(tmp_path: Path) -> None:
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("whsec_c2VjcmV0\n")
+    done = run_cli(["check-config", "--show"], env={"GATEWAY_WEBHOOK__SECRET_FILE": str(secret)})
+    assert done.returncode == 0, done.stderr
+    assert "whsec_c2VjcmV0" not in done.stdout
+    assert (f"# webhook.secret: set (from {secret}, named by GATEWAY_WEBHOOK__SECRET_FILE)"
+            in done.stdout)
+    secret.unlink()
+    done = run_cli(["check-config"], env={"GATEWAY_WEBHOOK__SECRET_FILE": str(secret)})
+    assert done.returncode == 2
+    assert f"GATEWAY_WEBHOOK__SECRET_FILE: cannot read {secret}: No such file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_translate_reports_escape_what_a_document_carries(tmp_path: Path) -> None:
     text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8")
     evil = tmp_path / "evil.xml"

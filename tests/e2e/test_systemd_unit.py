@@ -22,6 +22,7 @@ from tests.conftest import ROOT
 UNIT = ROOT / "docs" / "smile-gateway.service"
 BACKUP = ROOT / "docs" / "smile-gateway-backup.service"
 TIMER = ROOT / "docs" / "smile-gateway-backup.timer"
+CREDENTIALS = ROOT / "docs" / "smile-gateway.service.d" / "credentials.conf"
 EXPOSURE_AT_MOST = 2.0  # systemd-analyze security: "OK" is below 4
 
 
@@ -85,6 +86,46 @@ def test_the_unit_runs_serve_as_the_command_line_has_it_and_stops_it_in_time() -
     # the default store, sqlite:///var/gateway.db, is relative to the working directory
     assert unit["WorkingDirectory"] == "/var/lib/" + unit["StateDirectory"]
     assert defaults.store.url == "sqlite:///var/gateway.db"
+
+
+def test_systemd_takes_the_credentials_drop_in(tmp_path: Path) -> None:
+    unit = here(tmp_path)
+    (tmp_path / CREDENTIALS.parent.name).mkdir()
+    shutil.copy(CREDENTIALS, tmp_path / CREDENTIALS.parent.name / CREDENTIALS.name)
+    done = subprocess.run([analyze(), "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    done = subprocess.run([analyze(), "security", "--offline=true", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    assert not done.stderr.strip(), done.stderr  # systemd read the drop-in, and all of it
+
+
+def test_the_credentials_drop_in_hands_the_gateway_every_secret(tmp_path: Path) -> None:
+    """Each credential systemd loads is named to the gateway by the variable beside it, every
+    secret the configuration reads from a file is there, and the gateway, given the folder as
+    systemd fills it (%d), takes them all."""
+    from gateway.config import FILE_SUFFIX, SECRETS
+
+    # systemd takes a key many times over, configparser only the last: read the lines
+    lines = [line.split("=", 1) for line in CREDENTIALS.read_text().splitlines()
+             if line and not line.startswith(("#", "["))]
+    loaded = dict(value.split(":", 1) for key, value in lines if key == "LoadCredential")
+    environment = dict(value.split("=", 1) for key, value in lines if key == "Environment")
+    assert {key for key, _ in lines} == {"LoadCredential", "Environment"}
+    assert all(path.startswith("/etc/smile-gateway/credentials/") for path in loaded.values())
+    assert sorted(environment.values()) == sorted(f"%d/{name}" for name in loaded)
+    assert set(environment) == {f"GATEWAY_{section.upper()}__{key.upper()}{FILE_SUFFIX}"
+                                for section, key in SECRETS} | {"PGPASSFILE"}
+    folder = tmp_path / "credentials"
+    folder.mkdir()
+    for name in loaded:
+        (folder / name).write_text("whsec_c2VjcmV0\n" if name == "webhook-secret" else
+                                   f"{name} value\n")
+    env = {var: value.replace("%d", str(folder)) for var, value in environment.items()}
+    settings = load_settings(None, env)
+    assert settings.webhook.secret == "whsec_c2VjcmV0"
+    assert (settings.webhook.read_token, settings.broker.password, settings.forward.token) == (
+        "webhook-read-token value", "broker-password value", "forward-token value")
 
 
 def _unescaped(line: str) -> list[str]:

@@ -317,6 +317,75 @@ def test_two_webhook_secrets_are_taken_while_one_replaces_the_other() -> None:
     assert secret_keys(s.webhook.secret) == (b"new", b"old")
 
 
+def test_a_secret_can_be_read_from_the_file_a_variable_names(tmp_path: Path) -> None:
+    """GATEWAY_<SECTION>__<KEY>_FILE, for the secrets only: systemd's LoadCredential=, a
+    Kubernetes or Docker secret mounted as a file. The value is the file's text as it is (a
+    string, never read as JSON), less the line break an editor or `echo` leaves at the end."""
+    (tmp_path / "secret").write_text("whsec_bmV3 whsec_b2xk\n")
+    (tmp_path / "password").write_text("12345\r\n")
+    (tmp_path / "token").write_text("  tok en \n\n")
+    s = load_settings(None, {"GATEWAY_WEBHOOK__SECRET_FILE": str(tmp_path / "secret"),
+                             "GATEWAY_BROKER__PASSWORD_FILE": str(tmp_path / "password"),
+                             "GATEWAY_FORWARD__TOKEN_FILE": str(tmp_path / "token"),
+                             "GATEWAY_WEBHOOK__READ_TOKEN": "plain"})
+    assert secret_keys(s.webhook.secret) == (b"new", b"old")
+    assert s.broker.password == "12345"  # a string, though it would parse as JSON
+    assert s.forward.token == "  tok en "
+    assert s.webhook.read_token == "plain"
+    assert s.secret_files == {"webhook.secret": str(tmp_path / "secret"),
+                              "broker.password": str(tmp_path / "password"),
+                              "forward.token": str(tmp_path / "token")}
+
+
+@pytest.mark.parametrize(("setup", "name", "words"), [
+    ("missing", "GATEWAY_WEBHOOK__SECRET_FILE", "cannot read {path}: No such file"),
+    ("folder", "GATEWAY_WEBHOOK__SECRET_FILE", "cannot read {path}: Is a directory"),
+    ("empty", "GATEWAY_WEBHOOK__SECRET_FILE", "{path} is empty"),
+    ("blank", "GATEWAY_WEBHOOK__SECRET_FILE", "{path} is empty"),
+    ("huge", "GATEWAY_WEBHOOK__SECRET_FILE", "{path} holds more than 65,536 bytes: not a secret"),
+    ("binary", "GATEWAY_WEBHOOK__SECRET_FILE", "{path} is not UTF-8 text"),
+    ("both", "GATEWAY_WEBHOOK__SECRET_FILE",
+     "GATEWAY_WEBHOOK__SECRET is set too: give the secret one way"),
+])
+def test_a_secret_file_that_cannot_be_used_is_named(tmp_path: Path, setup: str, name: str,
+                                                    words: str) -> None:
+    path = tmp_path / "secret"
+    environ = {name: str(path)}
+    if setup == "folder":
+        path.mkdir()
+    elif setup == "empty":
+        path.write_text("")
+    elif setup == "blank":
+        path.write_text("\n")
+    elif setup == "huge":
+        path.write_text("x" * 70_000)
+    elif setup == "binary":
+        path.write_bytes(b"whsec_\xff\xfe")
+    elif setup == "both":
+        path.write_text("whsec_bmV3\n")
+        environ["GATEWAY_WEBHOOK__SECRET"] = "whsec_b2xk"
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, environ)
+    assert err.value.key == name
+    assert words.format(path=path) in err.value.problem, err.value.problem
+
+
+def test_a_secret_read_from_a_file_is_checked_as_any_other(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("not-a-webhook-secret\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"GATEWAY_WEBHOOK__SECRET_FILE": str(tmp_path / "secret")})
+    assert err.value.key == "webhook.secret" and "whsec_" in err.value.problem
+
+
+def test_only_the_secrets_are_read_from_files() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {"GATEWAY_BROKER__HOST_FILE": "/etc/hostname"})
+    assert err.value.key == "GATEWAY_BROKER__HOST_FILE"
+    assert err.value.problem.startswith("only the secrets are read from a file: "
+                                        "GATEWAY_BROKER__PASSWORD_FILE, "), err.value.problem
+    assert "set GATEWAY_BROKER__HOST to the value" in err.value.problem
+
+
 def test_settings_that_work_but_put_something_at_risk_are_advised_against() -> None:
     from gateway.config import advisories
 
