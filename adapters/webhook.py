@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -135,12 +136,59 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _translate(exc: Exception) -> Response:
+class _StoreOutage:
+    """The requests that met the store unavailable, logged as a run rather than a line each
+    (a full disk or a lock held elsewhere fails every request: thousands of ERROR lines a
+    second, into a journal that may share the disk): the first at once, then a line at most
+    every `every` seconds with how many met it since, and one when a request gets through
+    again. `active` is read without the lock: a request that got through pays that read."""
+
+    def __init__(self, clock: Callable[[], float], every: float = 30.0) -> None:
+        self.clock = clock
+        self.every = every
+        self.active = False
+        self._lock = threading.Lock()
+        self._began = self._logged = 0.0
+        self._total = self._held = 0
+
+    def failed(self, exc: StoreError) -> None:
+        detail = str(exc).removeprefix("store unavailable: ")
+        with self._lock:
+            now = self.clock()
+            if not self.active:
+                self.active, self._began, self._logged = True, now, now
+                self._total, self._held = 1, 0
+                log.error("store unavailable: %s (answering 503 with Retry-After until it is "
+                          "back; the requests that meet it are counted, logged at most every "
+                          "%g s)", detail, self.every)
+                return
+            self._total += 1
+            if now - self._logged < self.every:
+                self._held += 1
+                return
+            held, total, began = self._held, self._total, self._began
+            self._held, self._logged = 0, now
+        log.error("store still unavailable: %s (%d requests answered 503 since the last "
+                  "line, %d since it began %.0f s ago)", detail, held + 1, total, now - began)
+
+    def passed(self) -> None:
+        with self._lock:
+            if not self.active:
+                return
+            self.active = False
+            total, lasted = self._total, self.clock() - self._began
+        log.info("store available again: %d requests were answered 503 over %.0f s",
+                 total, lasted)
+
+
+def _translate(exc: Exception, outage: _StoreOutage) -> Response:
     """The one map from exceptions to HTTP responses; each refusal (4xx) is logged too, as
     the sender was answered, so that an operator asked why a sender's requests fail finds
     why, and from whom (control characters from the request escaped by the log's format)."""
     response = _problem_for(exc)
-    if response.status_code < 500:  # 5xx are logged where they arise, as errors
+    if isinstance(exc, StoreError):
+        outage.failed(exc)
+    elif response.status_code < 500:  # other 5xx are logged where they arise, as errors
         answered = json.loads(response.get_data())
         webhook_id = request.environ.get("HTTP_WEBHOOK_ID")
         log.info("refused %s %s: %d %s: %s (from %s%s)", request.method,  # on one line:
@@ -170,7 +218,6 @@ def _problem_for(exc: Exception) -> Response:
     if isinstance(exc, MappingError | UnknownSubscriptionError):
         return problem(422, "Unprocessable Content", str(exc))
     if isinstance(exc, StoreError):
-        log.error("store unavailable: %s", exc)
         response = problem(503, "Service Unavailable", "the store is unavailable; retry later")
         response.headers["Retry-After"] = STORE_RETRY_AFTER_S  # nothing was recorded: resend
         return response
@@ -355,7 +402,8 @@ def create_app(service: GatewayService, settings: Settings,
 
     app.wsgi_app = measured  # type: ignore[method-assign]
 
-    app.register_error_handler(Exception, _translate)
+    outage = _StoreOutage(clock)
+    app.register_error_handler(Exception, lambda exc: _translate(exc, outage))
 
     def body_bytes(req: Request) -> bytes:
         coding = req.environ.get("HTTP_CONTENT_ENCODING")
@@ -421,12 +469,16 @@ def create_app(service: GatewayService, settings: Settings,
             data, message_type, headers or None,
             f"webhook:{webhook_id}" if webhook_id else None, "webhook")
         accepted_webhook.inc()
+        if outage.active:
+            outage.passed()
         return Response(json.dumps(result), status=202, content_type="application/json")
 
     @app.post("/orders/events")
     def order_events() -> Response:
         change = parse_order_event(json_body())
         result = service.apply_state_change(change)
+        if outage.active:
+            outage.passed()
         return Response(json.dumps(result), status=202, mimetype="application/json")
 
     @app.post("/listener/productOrderStateChangeEvent")
@@ -434,6 +486,8 @@ def create_app(service: GatewayService, settings: Settings,
         change = parse_tmf622_event(json_body(), settings.webhook.tmf622_usn_path,
                                     settings.webhook.tmf622_external_id_owner)
         service.apply_state_change(change)
+        if outage.active:
+            outage.passed()
         return Response(status=204)
 
     @app.get("/subscriptions/<path:usn>")

@@ -545,6 +545,60 @@ def test_a_store_outage_is_503(settings, codec, tmp_path) -> None:
     assert r.headers["Retry-After"] == "5"  # nothing was recorded: the sender resends
 
 
+def test_a_store_outage_is_logged_once_then_summed_up_not_a_line_a_request(
+        settings, codec, tmp_path, caplog) -> None:
+    """A full disk or a lock held elsewhere fails every request: an ERROR for each would be
+    thousands of lines a second, into the journal on the same disk. The first is logged at
+    once, then a line at most every 30 s with how many met it since, and one when a request
+    gets through again."""
+    import logging
+    import sqlite3
+
+    now = [1_000_000.0]
+    s = settings
+    store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}", busy_timeout_ms=50)
+    service = GatewayService(s, codec, store, Translator(s.mapping, codec, InMemoryRequestIds()))
+    client = create_app(service, s, {"store": store.ping}, clock=lambda: now[0]).test_client()
+    assert post_xml(client, RTP).status_code == 202
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock: commits fail
+    caplog.set_level(logging.INFO, logger="adapters.webhook")
+
+    def outage_lines() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records
+                 if r.name == "adapters.webhook" and "store" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    for _ in range(5):
+        assert post_xml(client, RTP).status_code == 503
+        now[0] += 1
+    [(level, first)] = outage_lines()
+    assert level == logging.ERROR
+    assert first.startswith("store unavailable: ") and "database is locked" in first
+    assert "answering 503" in first and "at most every 30 s" in first
+    now[0] += 30
+    assert post_xml(client, RTP).status_code == 503
+    [(level, again)] = outage_lines()
+    assert level == logging.ERROR and again.startswith("store still unavailable: ")
+    assert "5 requests answered 503 since the last line, 6 since it began 35 s ago" in again
+    assert post_xml(client, RTP).status_code == 503
+    assert outage_lines() == []
+    other.rollback()
+    now[0] += 4
+    assert post_xml(client, RTP).status_code == 202
+    assert outage_lines() == [(logging.INFO, "store available again: 7 requests were answered "
+                                             "503 over 39 s")]
+    assert post_xml(client, RTP).status_code == 202
+    assert outage_lines() == []
+    # a new outage is logged at once again
+    other.execute("BEGIN IMMEDIATE")
+    assert post_xml(client, RTP).status_code == 503
+    [(level, first)] = outage_lines()
+    assert level == logging.ERROR and first.startswith("store unavailable: ")
+    other.rollback()
+
+
 @pytest.mark.parametrize("encoding, codec_name", [
     ("ISO-8859-1", "latin-1"), ("UTF-16", "utf-16"), ("UTF-8", "utf-8-sig")])
 def test_a_document_in_another_encoding_is_kept_viewed_and_rendered_from(
