@@ -27,7 +27,10 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
+    """`smile-gateway serve` on a free port; `wrap` goes before its command line (a program
+    that execs what follows it, so that the process is the gateway's)."""
+
+    def __init__(self, tmp: Path, env: dict[str, str], wrap: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "gateway.log"
@@ -37,10 +40,12 @@ class GatewayProcess:
                      "GATEWAY_LOGGING__LEVEL": "INFO"})
         base.update(env)
         self.env = base
+        self.wrap = wrap
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> GatewayProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
+        self.proc = subprocess.Popen([*self.wrap, sys.executable, "-m", "gateway", "serve"],
+                                     cwd=ROOT,
                                      env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("ab"))
 
