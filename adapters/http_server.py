@@ -38,8 +38,10 @@ class _ProblemErrorTask(ErrorTask):  # type: ignore[misc]
         # command or path (and an error here would leave the client without an answer)
         method = getattr(self.request, "command", None) or "?"
         path = getattr(self.request, "path", None) or "?"
-        log.info("refused %s %s: %d %s: %s (from %s)", clip(method, 20), clip(path, 200), code,
-                 title, clip(detail), self.channel.addr[0] if self.channel.addr else "?")
+        fields = {"method": clip(method, 20), "path": clip(path, 200), "status": code,
+                  "remote": self.channel.addr[0] if self.channel.addr else "?"}
+        log.info("refused %s %s: %d %s: %s (from %s)", fields["method"], fields["path"], code,
+                 title, clip(detail), fields["remote"], extra=fields)
         body = problem_json(code, title, detail).encode()
         self.status = f"{code} {error.reason}"
         self.response_headers.append(("Content-Type", PROBLEM))

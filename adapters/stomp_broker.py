@@ -478,11 +478,13 @@ class StompConsumer:
             outcome = self.handler(headers, body)
         except StoreError as exc:
             log.error("store unavailable, leaving message-id=%s unacknowledged: %s",
-                      headers.get("message-id"), exc)
+                      headers.get("message-id"), exc,
+                      extra={"message_id": headers.get("message-id")})
             self._store_down(conn, exc)
             return
         except Exception as exc:  # a bug must not make a message loop forever
-            log.exception("handler failed on message-id=%s", headers.get("message-id"))
+            log.exception("handler failed on message-id=%s", headers.get("message-id"),
+                          extra={"message_id": headers.get("message-id")})
             try:
                 self.poison(headers, body, f"handler failed: {exc!r}")
                 outcome = "dead-letter"
@@ -494,7 +496,8 @@ class StompConsumer:
             self.outcomes[outcome] += 1
         except STOMP_ERRORS as exc:
             # not acked: the broker redelivers and the dedupe key makes it a no-op
-            log.warning("ack failed message-id=%s: %s", headers.get("message-id"), exc)
+            log.warning("ack failed message-id=%s: %s", headers.get("message-id"), exc,
+                        extra={"message_id": headers.get("message-id")})
             return
         if outcome == "dead-letter" and self.inbound.dead_letter_destination:
             self._copy(conn, headers, body)
@@ -518,12 +521,14 @@ class StompConsumer:
                       receipt=receipt)
         except STOMP_ERRORS as exc:
             log.warning("copy of message-id=%s to %s not sent (the dead letter is in the "
-                        "store): %s", headers.get("message-id"), where, _why(exc))
+                        "store): %s", headers.get("message-id"), where, _why(exc),
+                        extra={"message_id": headers.get("message-id")})
             return
         problem = _await(self._tracker, receipt, self.broker.receipt_timeout_s)
         if problem is not None:
             log.warning("copy of message-id=%s to %s not confirmed (the dead letter is in the "
-                        "store): %s", headers.get("message-id"), where, problem)
+                        "store): %s", headers.get("message-id"), where, problem,
+                        extra={"message_id": headers.get("message-id")})
 
     def run(self, stop: threading.Event) -> None:
         """Connect, subscribe, and reconnect with backoff until `stop` is set."""

@@ -160,7 +160,7 @@ class _StoreOutage:
                 self._total, self._held = 1, 0
                 log.error("store unavailable: %s (answering 503 with Retry-After until it is "
                           "back; the requests that meet it are counted, logged at most every "
-                          "%g s)", detail, self.every)
+                          "%g s)", detail, self.every, extra={"requests": 1})
                 return
             self._total += 1
             if now - self._logged < self.every:
@@ -169,7 +169,8 @@ class _StoreOutage:
             held, total, began = self._held, self._total, self._began
             self._held, self._logged = 0, now
         log.error("store still unavailable: %s (%d requests answered 503 since the last "
-                  "line, %d since it began %.0f s ago)", detail, held + 1, total, now - began)
+                  "line, %d since it began %.0f s ago)", detail, held + 1, total, now - began,
+                  extra={"requests": total, "seconds": round(now - began, 3)})
 
     def passed(self) -> None:
         with self._lock:
@@ -178,7 +179,7 @@ class _StoreOutage:
             self.active = False
             total, lasted = self._total, self.clock() - self._began
         log.info("store available again: %d requests were answered 503 over %.0f s",
-                 total, lasted)
+                 total, lasted, extra={"requests": total, "seconds": round(lasted, 3)})
 
 
 def _translate(exc: Exception, outage: _StoreOutage) -> Response:
@@ -191,10 +192,14 @@ def _translate(exc: Exception, outage: _StoreOutage) -> Response:
     elif response.status_code < 500:  # other 5xx are logged where they arise, as errors
         answered = json.loads(response.get_data())
         webhook_id = request.environ.get("HTTP_WEBHOOK_ID")
+        fields = {"method": request.method, "path": clip(request.path, 200),
+                  "status": response.status_code, "remote": request.remote_addr or "?"}
+        if webhook_id:
+            fields["webhook_id"] = clip(webhook_id, 120)
         log.info("refused %s %s: %d %s: %s (from %s%s)", request.method,  # on one line:
-                 clip(request.path, 200), response.status_code, answered["title"],  # logs.py
-                 clip(answered["detail"]), request.remote_addr or "?",
-                 f", webhook-id {clip(webhook_id, 120)}" if webhook_id else "")
+                 fields["path"], response.status_code, answered["title"],  # logs.py
+                 clip(answered["detail"]), fields["remote"],
+                 f", webhook-id {fields['webhook_id']}" if webhook_id else "", extra=fields)
     return response
 
 

@@ -10,18 +10,26 @@ from datetime import UTC, datetime
 from gateway.config import LoggingSettings
 from gateway.errors import printable
 
+# what every LogRecord holds: the rest of its attributes came as a call's `extra` fields
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime"}
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: `ts` in UTC to the millisecond (RFC 3339), level, logger,
-    message, and the traceback as `exception` when there is one."""
+    message, the fields the call gave as `extra` (`outbox_id`, `status`: for a pipeline to
+    filter on), and the traceback as `exception` when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         entry = {"ts": ts.replace("+00:00", "Z"), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRIBUTES and name not in entry:
+                entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):

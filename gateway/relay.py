@@ -112,11 +112,13 @@ class BrokerRelay:
         for item_id, error in outcome.refused.items():
             tries = attempts[item_id] + 1
             dead = tries >= self.emission.max_attempts
+            fields = {"outbox_id": item_id, "attempt": tries, "dead": dead}
             if dead:
-                log.error("dead letter outbox_id=%d attempts=%d error=%s", item_id, tries, error)
+                log.error("dead letter outbox_id=%d attempts=%d error=%s", item_id, tries, error,
+                          extra=fields)
             else:
                 log.warning("broker refused outbox_id=%d attempt=%d error=%s",
-                            item_id, tries, error)
+                            item_id, tries, error, extra=fields)
             self.store.mark_failed(item_id, error, self.clock() + retry_delay(tries, 1.0), dead)
         return len(outcome.confirmed)
 
@@ -266,7 +268,8 @@ class ForwardRelay:
                     continue
                 tries, dead = item.attempts + 1, self._final(item, failure)
                 log.warning("forward failed outbox_id=%d attempt=%d dead=%s error=%s",
-                            item.id, tries, dead, failure)
+                            item.id, tries, dead, failure,
+                            extra={"outbox_id": item.id, "attempt": tries, "dead": dead})
                 delay = retry_delay(tries, self.settings.backoff_s)
                 if failure.retry_after is not None:  # the order system said when: no sooner
                     delay = max(delay, min(failure.retry_after, RETRY_AFTER_MAX_S))

@@ -380,7 +380,8 @@ class GatewayService:
     def dead_letter(self, source: str, error: GatewayError | str, headers: Mapping[str, str],
                     body: bytes) -> int:
         reason = _reason(error)
-        log.warning("dead letter source=%s reason=%s", source, clip(reason))
+        log.warning("dead letter source=%s reason=%s", source, clip(reason),
+                    extra={"source": source})
         return self.store.add_dead_letter(source, reason, dict(headers), body)
 
     # -- operator ---------------------------------------------------------------------------

@@ -210,6 +210,22 @@ def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:
         gateway.log.read_text())
 
 
+def test_json_logs_give_a_refusal_and_its_fields_one_line(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, {"GATEWAY_LOGGING__FORMAT": "json"}).start()
+    try:
+        r = requests.post(f"{gw.url}/smile/messages", data=b"<a>", timeout=10,
+                          headers={"Content-Type": "application/xml", "webhook-id": "msg_1"})
+        assert r.status_code == 400
+    finally:
+        assert gw.stop() == 0
+    entries = [json.loads(line) for line in gw.log.read_text().splitlines()]  # each JSON
+    [refused] = [e for e in entries if e["message"].startswith("refused ")]
+    assert {k: refused[k] for k in ("level", "logger", "method", "path", "status", "remote",
+                                    "webhook_id")} == {
+        "level": "INFO", "logger": "adapters.webhook", "method": "POST",
+        "path": "/smile/messages", "status": 400, "remote": "127.0.0.1", "webhook_id": "msg_1"}
+
+
 def test_a_port_already_taken_is_a_clear_start_up_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -131,7 +131,8 @@ def test_a_retry_after_date_is_read_as_the_seconds_until_it() -> None:
 
 
 @responses.activate
-def test_a_final_4xx_is_a_dead_letter_that_can_be_replayed(setup) -> None:
+def test_a_final_4xx_is_a_dead_letter_that_can_be_replayed(
+        setup, caplog: pytest.LogCaptureFixture) -> None:
     service, relay, store = setup
     responses.post(URL, status=400, json={"error": "bad"})
     responses.post(URL, status=200)
@@ -139,6 +140,9 @@ def test_a_final_4xx_is_a_dead_letter_that_can_be_replayed(setup) -> None:
     relay.run_once()
     [dead] = store.outbox(DEAD)
     assert "answered 400" in (dead.last_error or "")
+    # the log line names the item as a field too (`logging.format: json` writes it)
+    [line] = [r for r in caplog.records if r.getMessage().startswith("forward failed")]
+    assert (line.outbox_id, line.attempt, line.dead) == (dead.id, 1, True)
     assert store.replay([dead.id]).requeued == 1
     assert relay.run_once() == 1
 

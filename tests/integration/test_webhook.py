@@ -738,6 +738,9 @@ def test_each_refusal_is_logged_with_why_and_from_where(settings, codec, tmp_pat
         "refused POST /smile/messages: 401 Unauthorized: webhook-timestamp is outside the "
         "300s window (from 127.0.0.1, webhook-id msg_7)"]
     assert refusals[0].levelno == logging.INFO
+    # and as fields of their own, which `logging.format: json` writes beside the message
+    assert (refusals[0].method, refusals[0].path, refusals[0].status, refusals[0].remote,
+            refusals[0].webhook_id) == ("POST", "/smile/messages", 401, "127.0.0.1", "msg_7")
     caplog.clear()
     assert client.get("/nope").status_code == 404
     assert client.post("/orders/events", data="{", content_type="application/json",

@@ -6,6 +6,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,29 @@ def test_json_lines_carry_a_utc_millisecond_time_and_the_traceback(
     assert second["level"] == "ERROR"
     assert second["exception"].startswith("Traceback (most recent call last):")
     assert second["exception"].endswith("RuntimeError: a bug")
+
+
+def test_json_lines_carry_the_fields_a_line_names_for_a_pipeline_to_filter_on(
+        root_restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """What a line is about (a route and status, an outbox item, a dead letter) is a field of
+    its own in JSON, beside the message that says it in words: a log pipeline filters on
+    `status` or `outbox_id` without parsing sentences. The text format is unchanged."""
+    configure_logging(LoggingSettings(level="INFO", format="json"))
+    log = logging.getLogger("gateway.test")
+    log.warning("broker refused outbox_id=%d", 7,
+                extra={"outbox_id": 7, "attempt": 2, "dead": False, "path": "/a\nb",
+                       "at": Path("/var/gateway.db")})
+    [entry] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert entry["message"] == "broker refused outbox_id=7"
+    assert (entry["outbox_id"], entry["attempt"], entry["dead"], entry["path"]) == (
+        7, 2, False, "/a\nb")
+    assert entry["at"] == "/var/gateway.db"  # what JSON cannot hold is written as its text
+    assert set(entry) == {"ts", "level", "logger", "message", "outbox_id", "attempt", "dead",
+                          "path", "at"}
+    configure_logging(LoggingSettings(level="INFO", format="text"))
+    log.warning("broker refused outbox_id=%d", 7, extra={"outbox_id": 7})
+    assert capsys.readouterr().err.rstrip().endswith(
+        "WARNING gateway.test broker refused outbox_id=7")
 
 
 def test_a_text_line_is_one_line_whatever_its_message_carries(
