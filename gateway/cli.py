@@ -716,10 +716,19 @@ def _duration(seconds: float) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """What the store holds and whether anything waits for an operator: exit 1 when it does
-    (dead outbox items, outstanding dead letters, a pending item older than --stuck-after)."""
+    (the store failing its readiness check, dead outbox items, outstanding dead letters, a
+    pending item older than --stuck-after)."""
     settings = _settings(args)
-    counts, oldest, letters = _from_store(args, lambda store: (
-        store.counts(), store.oldest_pending(), store.dead_letter_counts()), settings)
+
+    def read(store: Store) -> tuple[Any, Any, Any, str | None]:
+        try:
+            store.ping()  # what /readyz asks of it: a SQLite store's disk has room to commit
+            check = None
+        except StoreError as exc:
+            check = str(exc)
+        return store.counts(), store.oldest_pending(), store.dead_letter_counts(), check
+
+    counts, oldest, letters, check = _from_store(args, read, settings)
     now = time.time()
     outbox: dict[str, dict[str, Any]] = {}
     for (channel, status), n in sorted(counts.items()):
@@ -727,6 +736,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for channel, at in oldest.items():
         outbox.setdefault(channel, {})["oldestPendingSeconds"] = round(max(0.0, now - at), 1)
     attention: list[str] = []
+    if check is not None:
+        attention.append(f"the store: {check}")
     dead = sum(n for (_, status), n in counts.items() if status == DEAD)
     if dead:
         attention.append(f"{dead} dead outbox item(s): `smile-gateway outbox list --status dead`")
@@ -740,13 +751,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                              f"{_duration(now - at)} (over {_duration(args.stuck_after)}): "
                              f"`smile-gateway outbox list --status pending --channel {channel}`")
     if args.format == "json":
-        json.dump({"store": redact_url(settings.store.url), "outbox": outbox,
+        json.dump({"store": redact_url(settings.store.url),
+                   "storeCheck": "ok" if check is None else f"failing: {check}",
+                   "outbox": outbox,
                    "deadLetters": {source: {"kept": kept, "outstanding": outstanding}
                                    for source, (kept, outstanding) in sorted(letters.items())},
                    "attention": attention}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print(f"store {redact_url(settings.store.url)}")
+        print(f"store {redact_url(settings.store.url)}: "
+              + ("ok" if check is None else "failing"))
         for channel in (BROKER, FORWARD):
             held = outbox.get(channel, {})
             parts = []

@@ -4,9 +4,11 @@ users have namespaces, as Debian's does)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import requests
 
 from tests.brokers import receive, require_broker, send, unique_queue, wait_until
-from tests.conftest import SAMPLES
+from tests.conftest import ROOT, SAMPLES
 from tests.e2e.servers import GatewayProcess
 
 RTP = (SAMPLES / "SubscriptionReadyToProvision.xml").read_bytes()
@@ -157,3 +159,29 @@ def test_messages_consumed_while_the_disk_is_full_stay_on_the_broker_until_there
     log = disk.gateway.log.read_text()
     waits = log.count("taking messages again in")
     assert 1 <= waits <= 40, log  # backoff, not a loop as fast as the broker redelivers
+
+
+def test_status_says_when_the_stores_disk_has_no_room_to_commit(tmp_path: Path) -> None:
+    """`status`, a cron job's check, asks what /readyz asks: a disk under the room a commit
+    needs is attention (exit 1), before it is full and every request a 503."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    env = {"GATEWAY_STORE__URL": f"sqlite:///{disk / 'g.db'}", "PATH": "/usr/bin:/bin"}
+
+    def status(*options: str) -> subprocess.CompletedProcess[str]:
+        """`status` with the store on a tmpfs of 2 MiB (readiness asks for 4)."""
+        script = 'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"'
+        return subprocess.run([*_unshare(), "sh", "-c", script, str(disk), sys.executable,
+                               "-m", "gateway", "status", *options], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    done = status()
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"store sqlite:///{disk / 'g.db'}: failing"
+    assert lines[-2:-1] == ["needs attention:"]
+    assert lines[-1].startswith("  the store: ")
+    assert "KiB free on the store's disk" in lines[-1] and "under the 4096 KiB" in lines[-1]
+    shown = json.loads(status("--format", "json").stdout)
+    assert shown["storeCheck"].startswith("failing: ")
+    assert shown["attention"] == [f"the store: {shown['storeCheck'][len('failing: '):]}"]
