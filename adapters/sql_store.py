@@ -488,23 +488,10 @@ class SqlStore(SqlStoreBase):
     def _flock(self, name: str, lock_path: str) -> str | None:
         """Hold an exclusive flock on `lock_path` until close, as `name`: None once held,
         else who holds it ("pid N", written into the file by its holder)."""
-        try:
-            handle = open(lock_path, "a+")  # noqa: SIM115 (held until close)
-        except OSError as exc:
-            raise StoreError(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            return holder
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self._held[name] = handle
-        return None
+        handle, holder = _take_flock(lock_path)
+        if handle is not None:
+            self._held[name] = handle
+        return holder
 
     def close(self) -> None:
         with self._lock:
@@ -527,6 +514,27 @@ class SqlStore(SqlStoreBase):
             "AND p.next_attempt_at > ?) ORDER BY id LIMIT ?",
             (channel, PENDING, now, PENDING, now, limit)).fetchall())
         return [self._item(r) for r in rows]
+
+
+def _take_flock(lock_path: str) -> tuple[TextIO | None, str | None]:
+    """An exclusive flock on `lock_path`: (its file, held until closed, None), or (None, who
+    holds it: "pid N", written into the file by its holder)."""
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 (held until close)
+    except OSError as exc:
+        raise StoreError(f"cannot open {lock_path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        return None, holder
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle, None
 
 
 @dataclass(frozen=True)
@@ -570,11 +578,7 @@ def backup(url: str, dest: str, busy_timeout_ms: int = 10_000) -> Backup:
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, target)
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _sync_folder(target.parent)
     except BaseException as exc:
         with suppress(OSError):
             os.unlink(partial)
@@ -583,6 +587,89 @@ def backup(url: str, dest: str, busy_timeout_ms: int = 10_000) -> Backup:
                              f"{getattr(exc, 'strerror', None) or exc}") from exc
         raise
     return Backup(source, dest, target.stat().st_size, version)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A backup `restore` put in place: from where, to where, the store schema version it
+    holds, and where the store it replaced is kept (None: there was none)."""
+
+    source: str
+    store: str
+    schema_version: int
+    kept: str | None
+
+
+_SIDE_FILES = ("-wal", "-shm")  # SQLite's, named after the database file
+
+
+def restore(url: str, source: str, busy_timeout_ms: int = 10_000) -> Restored:
+    """Put the backup `source` in place as the SQLite store at `url`, while no `serve` or
+    `publish` holds the store (their locks are held meanwhile).
+
+    The backup is copied with SQLite's online backup beside the store and checked as
+    `backup` checks a copy (integrity, a gateway store, a schema this gateway knows), then
+    synced. The store it replaces is renamed aside with its WAL and shared-memory files
+    (`<store>.before-restore-<UTC time>`, `-wal`, `-shm`): a WAL left by a crash belongs to
+    that file, and SQLite would replay it into the backup if it stayed under the store's
+    name. Then the copy is renamed onto the store's name.
+    """
+    store = sqlite_path(url)
+    given = Path(source)
+    if not given.is_file():
+        raise UsageError(f"no file {source} to restore from")
+    if Path(store).exists() and given.samefile(store):
+        raise UsageError(f"{source} is the store itself: name a backup")
+    held: list[TextIO] = []
+    partial = Path(store).with_name(f".{Path(store).name}.{os.getpid()}.partial")
+    try:
+        for name in ("serve", "broker-relay", "forward-relay"):
+            handle, holder = _take_flock(f"{store}.{name}-lock")
+            if handle is None:
+                what = "served" if name == "serve" else f"used by a {name}"
+                raise StoreError(f"the store {store} is {what} by {holder}: stop it first")
+            held.append(handle)
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            version = _copy(source, str(partial), busy_timeout_ms)
+            if version > len(MIGRATIONS):
+                raise StoreError(f"{source} has store schema version {version}, newer than "
+                                 f"this gateway's {len(MIGRATIONS)}: restore it with the "
+                                 "gateway that wrote it")
+            with open(partial, "rb") as written:
+                os.fsync(written.fileno())
+            kept = None
+            if Path(store).exists():
+                stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+                kept = f"{store}.before-restore-{stamp}"
+                n = 1
+                while any(Path(kept + suffix).exists() for suffix in ("", *_SIDE_FILES)):
+                    n += 1  # a second restore within the second keeps the first's too
+                    kept = f"{store}.before-restore-{stamp}-{n}"
+                for suffix in _SIDE_FILES:  # the side files first: never a store without
+                    if Path(store + suffix).exists():  # them under the store's name
+                        os.replace(store + suffix, kept + suffix)
+                os.replace(store, kept)
+            os.replace(partial, store)
+            _sync_folder(Path(store).parent)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot restore {source} to {store}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from exc
+    finally:
+        with suppress(OSError):
+            partial.unlink()
+        for handle in held:
+            handle.close()
+    return Restored(source, store, version, kept)
+
+
+def _sync_folder(folder: Path) -> None:
+    """A rename into `folder` made durable (the folder's entry, not only the file)."""
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _copy(source: str, dest: str, busy_timeout_ms: int) -> int:

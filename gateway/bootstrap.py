@@ -26,7 +26,7 @@ from gateway.translator import Translator
 if TYPE_CHECKING:
     from adapters.http_server import WaitressServer
     from adapters.sql_base import SqlStoreBase
-    from adapters.sql_store import Backup
+    from adapters.sql_store import Backup, Restored
     from adapters.stomp_broker import StompConsumer
     from gateway.relay import BrokerRelay, ForwardRelay
     from gateway.service import GatewayService
@@ -70,6 +70,16 @@ def backup_store(settings: Settings, dest: str) -> Backup:
     from adapters.sql_store import backup
 
     return backup(settings.store.url, dest)
+
+
+def restore_store(settings: Settings, source: str) -> Restored:
+    """The backup `source` put in place as the SQLite store, the store before it kept."""
+    if settings.store.url.startswith(POSTGRES_SCHEMES):
+        raise UsageError("restore puts back a SQLite store; restore a PostgreSQL store with "
+                         "pg_restore or psql from its pg_dump")
+    from adapters.sql_store import restore
+
+    return restore(settings.store.url, source)
 
 
 def _default_forwarder(settings: Settings) -> Forwarder:

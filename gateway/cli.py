@@ -480,6 +480,17 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from gateway.bootstrap import restore_store
+
+    done = restore_store(_settings(args), args.source)
+    kept = (f"the store it replaced is kept as {printable(done.kept)}" if done.kept else
+            "there was no store before it")
+    print(f"restored {printable(done.source)} to {printable(done.store)}: store schema "
+          f"version {done.schema_version}, integrity ok; {kept}")
+    return EXIT_OK
+
+
 def _subscription_view(args: argparse.Namespace) -> dict[str, Any] | None:
     """The subscription's view as GET /subscriptions/<usn> gives it; None (said on stderr)
     when the store holds no such usn."""
@@ -1095,6 +1106,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a consistent copy of the SQLite store, also while it is served")
     p.add_argument("dest", metavar="FILE", help="the file to write (one there is replaced)")
     p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", parents=[common],
+                       help="put a backup in place as the SQLite store (serve stopped), "
+                            "keeping the store it replaces")
+    p.add_argument("source", metavar="FILE", help="the backup to restore from")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("serve", parents=[common],
                        help="webhook + outbox relay + broker consumer in one process")

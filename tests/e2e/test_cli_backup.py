@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -132,3 +134,77 @@ def test_backup_copies_an_older_store_as_it_is_unmigrated(tmp_path: Path) -> Non
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT version FROM schema_version").fetchone() == (5,)
         conn.close()
+
+
+def test_restore_puts_a_backup_in_place_and_keeps_the_store_it_replaces(
+        tmp_path: Path) -> None:
+    """The way back, without the hand steps that go wrong: a WAL left beside the store by a
+    crash belongs to the file being replaced (SQLite would replay it into the backup), and the
+    store replaced is kept beside it, not lost."""
+    db = tmp_path / "var" / "g.db"
+    db.parent.mkdir()
+    store = SqlStore(f"sqlite:///{db}")
+    store.enqueue([_item("m1")])
+    store.close()
+    copy = tmp_path / "copy.db"
+    assert run_cli(["backup", str(copy)], env=_store_env(db)).returncode == 0
+    # after the backup, more is committed, and a crash leaves the latest of it in the WAL
+    crash = ("import os, sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('PRAGMA journal_mode = WAL')\n"
+             "c.execute('PRAGMA wal_autocheckpoint = 0')\n"
+             "c.execute(\"UPDATE outbox SET message_id = 'm2'\")\n"
+             "os._exit(0)  # no close: the commit stays in the WAL\n")
+    subprocess.run([sys.executable, "-c", crash, str(db)], check=True, timeout=60)
+    assert (db.parent / "g.db-wal").stat().st_size > 0
+    done = run_cli(["restore", str(copy)], env=_store_env(db))
+    assert done.returncode == 0, done.stderr
+    [kept] = [p for p in db.parent.iterdir() if p.name.startswith("g.db.before-restore-")
+              and not p.name.endswith(("-wal", "-shm"))]
+    assert done.stdout == (f"restored {copy} to {db}: store schema version 6, integrity ok; "
+                           f"the store it replaced is kept as {kept}\n")
+    assert _message_ids(db) == ["m1"]  # the backup's, with no WAL frames of the old file
+    assert _message_ids(kept) == ["m2"]  # the replaced one, its WAL with it
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert copy.exists()  # the backup itself stays as it was
+
+
+def test_restore_refuses_while_the_store_is_served_or_what_is_no_whole_store(
+        tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqlStore(f"sqlite:///{db}")
+    store.enqueue([_item("m1")])
+    env = _store_env(db)
+    copy = tmp_path / "copy.db"
+    assert run_cli(["backup", str(copy)], env=env).returncode == 0
+    store.lock_for_serving()  # as `serve` holds it
+    done = run_cli(["restore", str(copy)], env=env)
+    assert done.returncode == 1, done.stderr
+    assert f"the store {db} is served by pid " in done.stderr and "stop it" in done.stderr
+    store.close()
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    torn = tmp_path / "torn.db"
+    torn.write_bytes(copy.read_bytes()[:4096 * 2])
+    newer = tmp_path / "newer.db"
+    newer.write_bytes(copy.read_bytes())
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE schema_version SET version = 99")
+    conn.close()
+    for path, code, why in [
+            (other, 1, "no gateway store"), (torn, 1, "cannot restore"),
+            (newer, 1, "store schema version 99, newer than this gateway's 6"),
+            (tmp_path / "nothing.db", 2, "no file"), (tmp_path, 2, "no file"),
+            (db, 2, "is the store itself")]:
+        before = db.read_bytes()
+        done = run_cli(["restore", str(path)], env=env)
+        assert done.returncode == code, (path, done.stdout, done.stderr)
+        assert why in done.stderr, (path, done.stderr)
+        assert "Traceback" not in done.stderr
+        assert db.read_bytes() == before  # the store is left as it was
+    assert not [p for p in tmp_path.iterdir() if "before-restore" in p.name or
+                p.name.endswith(".partial")]
+    done = run_cli(["restore", str(copy)], env={"GATEWAY_STORE__URL": "postgresql://u@h/db"})
+    assert done.returncode == 2 and "pg_restore" in done.stderr, done.stderr
