@@ -155,22 +155,23 @@ class _StoreOutage:
         detail = str(exc).removeprefix("store unavailable: ")
         with self._lock:
             now = self.clock()
-            if not self.active:
-                self.active, self._began, self._logged = True, now, now
-                self._total, self._held = 1, 0
-                log.error("store unavailable: %s (answering 503 with Retry-After until it is "
-                          "back; the requests that meet it are counted, logged at most every "
-                          "%g s)", detail, self.every, extra={"requests": 1})
-                return
+            first = not self.active
+            if first:
+                self.active, self._began, self._total, self._held = True, now, 0, 0
             self._total += 1
-            if now - self._logged < self.every:
+            if not first and now - self._logged < self.every:
                 self._held += 1
                 return
-            held, total, began = self._held, self._total, self._began
+            held, total, lasted = self._held, self._total, now - self._began
             self._held, self._logged = 0, now
-        log.error("store still unavailable: %s (%d requests answered 503 since the last "
-                  "line, %d since it began %.0f s ago)", detail, held + 1, total, now - began,
-                  extra={"requests": total, "seconds": round(now - began, 3)})
+        if first:  # logged outside the lock, as the others
+            log.error("store unavailable: %s (answering 503 with Retry-After until it is "
+                      "back; the requests that meet it are counted, logged at most every "
+                      "%g s)", detail, self.every, extra={"requests": 1})
+        else:
+            log.error("store still unavailable: %s (%d requests answered 503 since the last "
+                      "line, %d since it began %.0f s ago)", detail, held + 1, total, lasted,
+                      extra={"requests": total, "seconds": round(lasted, 3)})
 
     def passed(self) -> None:
         with self._lock:

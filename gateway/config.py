@@ -57,7 +57,8 @@ CONFIG_ENV = "GATEWAY_CONFIG"
 SECRETS = {("broker", "password"), ("webhook", "secret"), ("webhook", "read_token"),
            ("forward", "token")}
 FILE_SUFFIX = "_FILE"
-_SECRET_FILE_MAX_BYTES = 1 << 16  # far above any key or password; a wrong path to a log ends
+# far above any key or password: a path to a log by mistake is refused, not read whole
+_SECRET_FILE_MAX_BYTES = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
