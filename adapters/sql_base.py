@@ -151,6 +151,9 @@ class SqlStoreBase:
     def ping(self) -> None:
         self._read(lambda c: c.execute("SELECT 1").fetchone())
 
+    def disk_free(self) -> int | None:
+        return None  # a server's store: its disk is the server's to watch
+
     # -- subscriptions ----------------------------------------------------------------------
 
     def _current(self, conn: Connection, usn: str) -> SubscriptionRecord | None:

@@ -452,17 +452,20 @@ class SqlStore(SqlStoreBase):
         """Reads work on a full disk while every commit fails: readiness also asks the
         disk for room (what is free to this process, as a write would find it)."""
         super().ping()
+        free = self.disk_free()
+        if free is not None and free < self.min_free_bytes:
+            raise StoreError(f"{free // 1024} KiB free on the store's disk ({self.path}), "
+                             f"under the {self.min_free_bytes // 1024} KiB readiness asks for: "
+                             "commits fail once it is full")
+
+    def disk_free(self) -> int | None:
         if self.path == ":memory:":
-            return
+            return None
         try:
             disk = os.statvfs(Path(self.path).resolve().parent)
         except OSError as exc:
             raise StoreError(f"store unavailable: {exc}") from exc
-        free = disk.f_bavail * disk.f_frsize
-        if free < self.min_free_bytes:
-            raise StoreError(f"{free // 1024} KiB free on the store's disk ({self.path}), "
-                             f"under the {self.min_free_bytes // 1024} KiB readiness asks for: "
-                             "commits fail once it is full")
+        return disk.f_bavail * disk.f_frsize
 
     def lock_for_serving(self) -> None:
         # Two processes relaying from one SQLite file would both claim a subscription's rows

@@ -242,8 +242,8 @@ def _problem_for(exc: Exception) -> Response:
 
 class _StoreCollector:
     """Outbox sizes per channel and status, the age of each channel's oldest pending item,
-    and dead letters per source (all, and those not settled), read from the store at scrape
-    time."""
+    dead letters per source (all, and those not settled), and the room on a SQLite store's
+    disk, read from the store at scrape time."""
 
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self.store = store
@@ -262,6 +262,7 @@ class _StoreCollector:
                                         "Dead letters not settled (replayed or "
                                         "discarded), by source",
                                         labels=["source"])
+        disk = None
         try:
             for (channel, status), count in sorted(self.store.counts().items()):
                 family.add_metric([channel, status], count)
@@ -273,12 +274,19 @@ class _StoreCollector:
             for source, (kept, waiting) in sorted(self.store.dead_letter_counts().items()):
                 letters.add_metric([source], kept)
                 outstanding.add_metric([source], waiting)
+            free = self.store.disk_free()
+            if free is not None:  # a SQLite store's: what readiness compares with its 4 MiB
+                disk = GaugeMetricFamily("smile_gateway_store_disk_free_bytes",
+                                         "Bytes free on the disk of the SQLite store",
+                                         value=free)
         except StoreError:
             pass
         yield family
         yield oldest
         yield letters
         yield outstanding
+        if disk is not None:
+            yield disk
 
 
 def _run_checks(checks: Mapping[str, Callable[[], None]]) -> dict[str, str | None]:

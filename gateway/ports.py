@@ -281,6 +281,11 @@ class Store(Protocol):
         """Raises StoreError when the store cannot be used."""
         ...
 
+    def disk_free(self) -> int | None:
+        """Bytes free to this process on the disk that holds the store; None when the store
+        is no local file (PostgreSQL's server keeps its own)."""
+        ...
+
     def close(self) -> None: ...
 
 

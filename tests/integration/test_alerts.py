@@ -64,4 +64,5 @@ def test_every_metric_a_rule_names_is_one_the_gateway_exports(settings, codec,
     assert used <= names, used - names
     assert {rule["alert"] for rule in rules} == {
         "SmileGatewayDown", "SmileGatewayNotReady", "SmileGatewayOutboxStuck", "SmileGatewayOutboxDead",
-        "SmileGatewayDeadLetters", "SmileGatewayServerErrors", "SmileGatewayRefusals"}
+        "SmileGatewayDeadLetters", "SmileGatewayServerErrors", "SmileGatewayRefusals",
+        "SmileGatewayStoreDiskFilling"}

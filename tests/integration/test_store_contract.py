@@ -392,3 +392,18 @@ def test_subscriptions_are_listed_least_recently_changed_first_by_state(store) -
     assert [s.usn for s in store.subscriptions(state=("subscription", "active"))] == ["u-new"]
     assert store.subscriptions(state=("order", "closed")) == []
     assert [s.usn for s in store.subscriptions(limit=2)] == ["u-old", "u-done"]
+
+
+def test_a_store_says_the_room_on_its_disk_when_it_is_a_local_file(store, tmp_path) -> None:
+    """What /metrics and readiness watch: a SQLite file's disk, as statvfs gives it to this
+    process; a PostgreSQL server's disk is the server's (None)."""
+    import os
+
+    from adapters.sql_store import SqlStore
+
+    free = store.disk_free()
+    if isinstance(store, SqlStore):
+        disk = os.statvfs(tmp_path)
+        assert free is not None and abs(free - disk.f_bavail * disk.f_frsize) < 64 << 20
+    else:
+        assert free is None

@@ -445,6 +445,21 @@ def test_health_readiness_metrics_and_openapi(client) -> None:
     assert spec["openapi"].startswith("3.")
 
 
+def test_metrics_give_the_room_left_on_the_sqlite_stores_disk(settings, codec,
+                                                               tmp_path) -> None:
+    """What the readiness check compares with its 4 MiB, as a gauge: an alert can see the
+    disk filling hours before readiness fails and requests are 503s."""
+    import os
+    import re
+
+    client, _ = build(settings, codec, tmp_path)
+    metrics = client.get("/metrics").data.decode()
+    assert "# TYPE smile_gateway_store_disk_free_bytes gauge" in metrics
+    [shown] = re.findall(r"^smile_gateway_store_disk_free_bytes ([0-9.e+]+)$", metrics, re.M)
+    disk = os.statvfs(tmp_path)
+    assert abs(float(shown) - disk.f_bavail * disk.f_frsize) < 64 * 1024 * 1024  # as it moves
+
+
 def test_metrics_count_the_outbox_and_the_dead_letters_from_the_store(settings, codec,
                                                                      tmp_path) -> None:
     client, service = build(settings, codec, tmp_path)
