@@ -623,6 +623,10 @@ def restore(url: str, source: str, busy_timeout_ms: int = 10_000) -> Restored:
         raise UsageError(f"no file {source} to restore from")
     if Path(store).exists() and given.samefile(store):
         raise UsageError(f"{source} is the store itself: name a backup")
+    try:  # a new machine's: the store's folder made as serve would make it
+        Path(store).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the folder of {store}: {exc}") from exc
     held: list[TextIO] = []
     partial = Path(store).with_name(f".{Path(store).name}.{os.getpid()}.partial")
     try:

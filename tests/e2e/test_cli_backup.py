@@ -169,6 +169,21 @@ def test_restore_puts_a_backup_in_place_and_keeps_the_store_it_replaces(
     assert copy.exists()  # the backup itself stays as it was
 
 
+def test_restore_onto_a_new_machine_makes_the_store_and_its_folder(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    store = SqlStore(f"sqlite:///{db}")
+    store.enqueue([_item("m1")])
+    store.close()
+    copy = tmp_path / "copy.db"
+    assert run_cli(["backup", str(copy)], env=_store_env(db)).returncode == 0
+    fresh = tmp_path / "new-machine" / "var" / "gateway.db"  # nothing there yet
+    done = run_cli(["restore", str(copy)], env=_store_env(fresh))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"restored {copy} to {fresh}: store schema version 6, integrity "
+                           "ok; there was no store before it\n")
+    assert _message_ids(fresh) == ["m1"]
+
+
 def test_restore_refuses_while_the_store_is_served_or_what_is_no_whole_store(
         tmp_path: Path) -> None:
     db = tmp_path / "g.db"
