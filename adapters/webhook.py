@@ -192,15 +192,18 @@ def _translate(exc: Exception, outage: _StoreOutage) -> Response:
         outage.failed(exc)
     elif response.status_code < 500:  # other 5xx are logged where they arise, as errors
         answered = json.loads(response.get_data())
-        webhook_id = request.environ.get("HTTP_WEBHOOK_ID")
         fields = {"method": request.method, "path": clip(request.path, 200),
                   "status": response.status_code, "remote": request.remote_addr or "?"}
-        if webhook_id:
-            fields["webhook_id"] = clip(webhook_id, 120)
+        also = ""  # the sender's id of the delivery, a proxy's of the request
+        for key, header, field in (("HTTP_WEBHOOK_ID", "webhook-id", "webhook_id"),
+                                   ("HTTP_X_REQUEST_ID", "request-id", "request_id")):
+            value = request.environ.get(key)
+            if value:
+                fields[field] = clip(value, 120)
+                also += f", {header} {fields[field]}"
         log.info("refused %s %s: %d %s: %s (from %s%s)", request.method,  # on one line:
                  fields["path"], response.status_code, answered["title"],  # logs.py
-                 clip(answered["detail"]), fields["remote"],
-                 f", webhook-id {fields['webhook_id']}" if webhook_id else "", extra=fields)
+                 clip(answered["detail"]), fields["remote"], also, extra=fields)
     return response
 
 

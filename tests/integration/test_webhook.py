@@ -764,6 +764,12 @@ def test_each_refusal_is_logged_with_why_and_from_where(settings, codec, tmp_pat
     assert messages[0].startswith("refused GET /nope: 404 Not Found: The requested URL")
     assert messages[0].endswith("(from 127.0.0.1)")
     assert messages[1].endswith("(from 127.0.0.1, webhook-id x\x1b[2Kforged)")  # logs.py
+    # a proxy's X-Request-ID, for the line to be found beside the proxy's own
+    caplog.clear()
+    assert client.get("/nope", headers={"X-Request-ID": "f00d-1"}).status_code == 404
+    [line] = [rec for rec in caplog.records if rec.name == "adapters.webhook"]
+    assert line.getMessage().endswith("(from 127.0.0.1, request-id f00d-1)")
+    assert line.request_id == "f00d-1"
     # escapes it in the line written (tests/unit/test_logs.py)
     caplog.clear()
     timestamp = str(int(time.time()))
