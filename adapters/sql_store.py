@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -134,6 +135,54 @@ MIGRATIONS: tuple[str, ...] = (
 # What /readyz asks to be free on the disk of a SQLite store: a commit appends a few pages
 # to the WAL (and a checkpoint copies them back), so below this the next writes fail.
 MIN_FREE_BYTES = 4 * 1024 * 1024
+
+
+# Filesystems where SQLite's write-ahead log is not safe: its locks and the shared-memory
+# index every connection maps (the -shm file) hold among the processes of one host on a
+# local disk only (sqlite.org/wal.html).
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
+    "afs", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.rclone"})
+MOUNT_TABLE = "/proc/self/mounts"
+
+
+def filesystem_type(path: str, mounts: str) -> str | None:
+    """The type of the filesystem holding `path`, from the text of a mount table: the entry
+    whose mount point is the deepest above it (the later one of two at the same point)."""
+    target = os.path.realpath(path)
+    deepest, kind = -1, None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= deepest:
+            deepest, kind = len(point), fields[2]
+    return kind
+
+
+def store_advisories(url: str, mount_table: str | None = None) -> list[str]:
+    """What is at risk in where the SQLite store at `url` lies: a network filesystem (by
+    `mount_table`, this process's own by default)."""
+    path = sqlite_path(url)
+    if path == ":memory:":
+        return []
+    try:
+        with open(mount_table or MOUNT_TABLE, encoding="utf-8", errors="replace") as table:
+            mounts = table.read()
+    except OSError:  # no such table (not Linux): nothing to say
+        return []
+    folder = Path(path).resolve().parent
+    while not folder.exists() and folder != folder.parent:  # not made yet: where it will be
+        folder = folder.parent
+    kind = filesystem_type(str(folder), mounts)
+    if kind not in NETWORK_FILESYSTEMS:
+        return []
+    return [f"store.url {path} is on a network filesystem ({kind}): SQLite's write-ahead log, "
+            "which the store uses, holds its locks and shared memory among the processes of "
+            "one host on a local disk only, and on a network filesystem the store can be "
+            "corrupted: put the store on a local disk, or share a PostgreSQL store"]
 
 
 def sqlite_path(url: str) -> str:

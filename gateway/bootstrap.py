@@ -72,6 +72,16 @@ def backup_store(settings: Settings, dest: str) -> Backup:
     return backup(settings.store.url, dest)
 
 
+def store_advisories(settings: Settings) -> list[str]:
+    """What is at risk in where the store lies (a SQLite file on a network filesystem), for
+    `serve` and `check-config` to say beside the configuration's own advisories."""
+    if settings.store.url.startswith(POSTGRES_SCHEMES):
+        return []
+    from adapters.sql_store import store_advisories as sqlite_advisories
+
+    return sqlite_advisories(settings.store.url)
+
+
 def restore_store(settings: Settings, source: str) -> Restored:
     """The backup `source` put in place as the SQLite store, the store before it kept."""
     if settings.store.url.startswith(POSTGRES_SCHEMES):

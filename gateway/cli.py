@@ -283,11 +283,11 @@ def cmd_mapping(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.bootstrap import build_codec
+    from gateway.bootstrap import build_codec, store_advisories
 
     settings = _settings(args)
     build_codec(settings)  # the schema compiles (a ConfigError naming schema.path if not)
-    for advice in advisories(settings):
+    for advice in [*advisories(settings), *store_advisories(settings)]:
         print(f"warning: {advice}", file=sys.stderr)
     if args.show:
         import yaml  # here: the other commands start faster without it
@@ -799,7 +799,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     SIGHUP (each a graceful stop)."""
     import signal  # here, not for every command: `validate` starts faster without it
 
-    from gateway.bootstrap import bootstrap, build_http_server, ready_checks
+    from gateway.bootstrap import bootstrap, build_http_server, ready_checks, store_advisories
     from gateway.logs import configure_logging
 
     settings = _settings(args)
@@ -852,7 +852,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              settings.inbound.destination if settings.inbound.enabled else "off",
              settings.forward.url or "off",
              f"on ({secrets} secret{'s' if secrets > 1 else ''})" if secrets else "off", brokers)
-    for advice in advisories(settings):
+    for advice in [*advisories(settings), *store_advisories(settings)]:
         log.warning("%s", advice)
     try:
         server.run()

@@ -261,6 +261,20 @@ def test_check_config_names_the_file_a_secret_was_read_from(tmp_path: Path) -> N
     assert "Traceback" not in done.stderr
 
 
+def test_check_config_advises_against_a_store_on_a_network_filesystem(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    import adapters.sql_store
+
+    table = tmp_path / "mounts"
+    table.write_text(f"/dev/sda1 / ext4 rw 0 0\nfiler:/gw {tmp_path} nfs4 rw 0 0\n")
+    monkeypatch.setattr(adapters.sql_store, "MOUNT_TABLE", str(table))
+    monkeypatch.setenv("GATEWAY_STORE__URL", f"sqlite:///{tmp_path / 'gateway.db'}")
+    assert main(["check-config"]) == 0  # a warning, not a refusal
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: store.url {tmp_path / 'gateway.db'} is on a network "
+                          "filesystem (nfs4)"), err
+
+
 def test_translate_reports_escape_what_a_document_carries(tmp_path: Path) -> None:
     text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8")
     evil = tmp_path / "evil.xml"

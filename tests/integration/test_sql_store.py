@@ -416,3 +416,45 @@ def test_readiness_fails_while_the_stores_disk_has_no_room_to_commit(tmp_path: P
         full.ping()
     full.close()
     SqlStore("sqlite:///:memory:", min_free_bytes=2 ** 62).ping()  # no disk to fill
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+filer:/export/gw /srv/gateway nfs4 rw,relatime,vers=4.2 0 0
+//nas/share /srv/with\\040space cifs rw,relatime 0 0
+tmpfs /srv/gateway/cache tmpfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(("path", "kind"), [
+    ("/var/lib/smile-gateway/gateway.db", "ext4"),
+    ("/srv/gateway/var/gateway.db", "nfs4"),
+    ("/srv/gateway", "nfs4"),
+    ("/srv/gatewayx/gateway.db", "ext4"),  # a mount point's name is no prefix of another's
+    ("/srv/with space/g.db", "cifs"),  # /proc/self/mounts writes a space as \040
+    ("/srv/gateway/cache/g.db", "tmpfs"),  # the deepest mount point holds it
+])
+def test_the_filesystem_holding_a_path_is_read_from_the_mount_table(path: str,
+                                                                    kind: str) -> None:
+    from adapters.sql_store import filesystem_type
+
+    assert filesystem_type(path, MOUNTS) == kind
+
+
+def test_a_store_on_a_network_filesystem_is_advised_against(tmp_path: Path) -> None:
+    """SQLite's WAL (sqlite.org/wal.html) holds its locks and shared-memory index among the
+    processes of one host on a local disk: on NFS or SMB a store can be corrupted."""
+    from adapters.sql_store import store_advisories
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nfiler:/gw {tmp_path} nfs4 rw 0 0\n")
+    url = f"sqlite:///{tmp_path / 'var' / 'gateway.db'}"  # its folder not made yet
+    [advice] = store_advisories(url, str(mounts))
+    assert advice.startswith(f"store.url {tmp_path / 'var' / 'gateway.db'} is on a network "
+                             "filesystem (nfs4): SQLite's write-ahead log")
+    assert "put the store on a local disk, or share a PostgreSQL store" in advice
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n")
+    assert store_advisories(url, str(mounts)) == []
+    assert store_advisories(url, str(tmp_path / "no-such-table")) == []  # no /proc: no advice
+    assert store_advisories(url) == []  # this machine's own table: tmp_path is local
