@@ -255,12 +255,16 @@ class SqlStore(SqlStoreBase):
         self._open: list[_Job] = []  # run in the open transaction, not yet committed
         self._writer: sqlite3.Connection | None = None
         self._held: dict[str, TextIO] = {}  # the flocks held (serve, relays): their files
+        self._identity: tuple[int, int] | None = None  # the file opened: (device, inode)
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the folder of {self.path}: {exc}") from exc
         self._migrate()
+        if self.path != ":memory:":
+            opened = os.stat(self.path)
+            self._identity = (opened.st_dev, opened.st_ino)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -278,9 +282,14 @@ class SqlStore(SqlStoreBase):
         return self._writer
 
     def _connect(self) -> sqlite3.Connection:
+        # once the store is open, a connection opens that file and never makes one: a new
+        # empty store where it was removed would take the writes, and its stale WAL
+        target, uri = self.path, False
+        if self._identity is not None:
+            target, uri = f"file:{quote(os.path.abspath(self.path))}?mode=rw", True
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
+            conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000, uri=uri)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk before the gateway answers 202 or acks a message,
@@ -288,6 +297,7 @@ class SqlStore(SqlStoreBase):
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
+            self._same_file()  # the plainer reason, when it is that
             raise StoreError(f"cannot open the store {self.url}: {exc}") from exc
         with self._lock:
             self._all.append(conn)
@@ -302,6 +312,7 @@ class SqlStore(SqlStoreBase):
             raise StoreError(f"store unavailable: {exc}") from exc
         try:
             yield conn
+            self._same_file()
         except BaseException:
             conn.rollback()
             raise
@@ -405,14 +416,39 @@ class SqlStore(SqlStoreBase):
             raise
         self._open.append(job)
 
+    def _same_file(self) -> None:
+        """The file at the store's path is still the one opened. SQLite goes on writing to
+        the file it has open: after an `rm`, or a `mv` of another file onto the path (a
+        restore by hand while serving), a commit would go where nobody reads again."""
+        if self._identity is None:
+            return
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            how = "removed"
+        except OSError as exc:
+            raise StoreError(f"store unavailable: {exc.strerror or exc}") from exc
+        else:
+            if (found.st_dev, found.st_ino) == self._identity:
+                return
+            how = "replaced"
+        raise StoreError(f"the store file {self.path} was {how} while in use: nothing more "
+                         "is committed to it; stop the gateway, put the store back "
+                         "(`smile-gateway restore`), and start it again")
+
     def _commit_open(self) -> None:
         assert self._writer is not None
         conn = self._writer
         batch, self._open = self._open, []
         error: BaseException | None = StoreError("commit interrupted")
         try:
+            self._same_file()
             conn.commit()
             error = None
+        except StoreError as exc:
+            with suppress(sqlite3.Error):
+                conn.rollback()
+            error = exc
         except sqlite3.Error as exc:
             with suppress(sqlite3.Error):
                 conn.rollback()
@@ -436,12 +472,14 @@ class SqlStore(SqlStoreBase):
                                  if isinstance(exc, sqlite3.Error) else exc)
                     conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
+            self._same_file()
             conn.commit()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             with suppress(sqlite3.Error):
                 conn.rollback()
+            refused = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
             for job in batch:
-                job.result, job.error = None, StoreError(f"commit failed: {exc}")
+                job.result, job.error = None, refused
         except BaseException:
             with suppress(sqlite3.Error):
                 conn.rollback()
@@ -501,6 +539,7 @@ class SqlStore(SqlStoreBase):
         """Reads work on a full disk while every commit fails: readiness also asks the
         disk for room (what is free to this process, as a write would find it)."""
         super().ping()
+        self._same_file()
         free = self.disk_free()
         if free is not None and free < self.min_free_bytes:
             raise StoreError(f"{free // 1024} KiB free on the store's disk ({self.path}), "

@@ -210,6 +210,24 @@ def test_a_slow_or_broken_client_does_not_hang_the_server(gateway) -> None:
         gateway.log.read_text())
 
 
+def test_a_store_removed_while_served_is_a_503_not_a_202_into_a_deleted_file(
+        tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, {}).start()
+    try:
+        r = requests.post(f"{gw.url}/smile/messages", data=RTP, headers=XML, timeout=10)
+        assert r.status_code == 202, r.text
+        (tmp_path / "gateway.db").unlink()  # a cleanup gone wrong
+        r = requests.post(f"{gw.url}/smile/messages", data=RTP, headers=XML, timeout=10)
+        assert r.status_code == 503, r.text
+        ready = requests.get(f"{gw.url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert f"the store file {tmp_path / 'gateway.db'} was removed while in use" in (
+            ready.json()["checks"]["store"])
+    finally:
+        assert gw.stop() == 0
+    assert "was removed while in use: nothing more is committed to it" in gw.log.read_text()
+
+
 def test_json_logs_give_a_refusal_and_its_fields_one_line(tmp_path: Path) -> None:
     gw = GatewayProcess(tmp_path, {"GATEWAY_LOGGING__FORMAT": "json"}).start()
     try:

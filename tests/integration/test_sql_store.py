@@ -458,3 +458,30 @@ def test_a_store_on_a_network_filesystem_is_advised_against(tmp_path: Path) -> N
     assert store_advisories(url, str(mounts)) == []
     assert store_advisories(url, str(tmp_path / "no-such-table")) == []  # no /proc: no advice
     assert store_advisories(url) == []  # this machine's own table: tmp_path is local
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_store_file_removed_or_replaced_while_in_use_takes_no_more_commits(
+        tmp_path: Path, how: str) -> None:
+    """SQLite keeps writing to the file it opened: after an `rm`, or a `mv` of another file
+    (a restore by hand while serve runs), every commit would go where nobody reads again and
+    be lost at the next start. The store notices before each commit and refuses it (a 503, a
+    message left on the broker), and readiness says so."""
+    from gateway.ports import BROKER, SUPPRESSED, NewOutboxItem
+
+    db = tmp_path / "g.db"
+    store = SqlStore(f"sqlite:///{db}")
+    item = NewOutboxItem(BROKER, "m1", "u1", "SubscriptionEnabled", {}, b"<x/>", SUPPRESSED)
+    store.enqueue([item])
+    if how == "removed":
+        db.unlink()
+    else:
+        other = tmp_path / "other.db"
+        SqlStore(f"sqlite:///{other}").close()
+        os.replace(other, db)
+    with pytest.raises(StoreError, match=f"the store file {db} was {how} while in use"):
+        store.enqueue([NewOutboxItem(BROKER, "m2", "u1", "SubscriptionEnabled", {}, b"<x/>",
+                                     SUPPRESSED)])
+    with pytest.raises(StoreError, match=f"was {how} while in use"):
+        store.ping()
+    store.close()
