@@ -282,8 +282,8 @@ class SqlStore(SqlStoreBase):
         return self._writer
 
     def _connect(self) -> sqlite3.Connection:
-        # once the store is open, a connection opens that file and never makes one: a new
-        # empty store where it was removed would take the writes, and its stale WAL
+        # once the store is open, a new connection opens that file and never makes one: an
+        # empty one made where the store was removed would take the stale WAL beside it
         target, uri = self.path, False
         if self._identity is not None:
             target, uri = f"file:{quote(os.path.abspath(self.path))}?mode=rw", True
@@ -445,14 +445,10 @@ class SqlStore(SqlStoreBase):
             self._same_file()
             conn.commit()
             error = None
-        except StoreError as exc:
+        except (sqlite3.Error, StoreError) as exc:
             with suppress(sqlite3.Error):
                 conn.rollback()
-            error = exc
-        except sqlite3.Error as exc:
-            with suppress(sqlite3.Error):
-                conn.rollback()
-            error = StoreError(f"commit failed: {exc}")
+            error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
         finally:  # whatever happened, the waiting callers are told
             for piece in batch:
                 piece.finish(error)
