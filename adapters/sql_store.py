@@ -727,6 +727,7 @@ def restore(url: str, source: str, busy_timeout_ms: int = 10_000) -> Restored:
                 raise StoreError(f"{source} has store schema version {version}, newer than "
                                  f"this gateway's {len(MIGRATIONS)}: restore it with the "
                                  "gateway that wrote it")
+            _own_as(partial, store)
             with open(partial, "rb") as written:
                 os.fsync(written.fileno())
             kept = None
@@ -752,6 +753,16 @@ def restore(url: str, source: str, busy_timeout_ms: int = 10_000) -> Restored:
         for handle in held:
             handle.close()
     return Restored(source, store, version, kept)
+
+
+def _own_as(path: Path, store: str) -> None:
+    """Give `path` the owner and group of the store it will replace, or of the store's folder
+    when there is none: restored as root, the gateway's own user must still open it. As
+    another user, whose files are its own, there is nothing to change."""
+    model = os.stat(store if Path(store).exists() else Path(store).parent)
+    mine = os.stat(path)
+    if (mine.st_uid, mine.st_gid) != (model.st_uid, model.st_gid) and os.geteuid() == 0:
+        os.chown(path, model.st_uid, model.st_gid)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -184,6 +184,31 @@ def test_restore_onto_a_new_machine_makes_the_store_and_its_folder(tmp_path: Pat
     assert _message_ids(fresh) == ["m1"]
 
 
+def test_restore_keeps_the_owner_of_the_store_it_replaces(tmp_path: Path) -> None:
+    """Run as root (`sudo smile-gateway restore`), the copy would be root's, mode 0600, and the
+    gateway's own user (the unit's dynamic user) could not open it: the restored store gets
+    the owner and group of the one it replaces, or of its folder on a new machine."""
+    import os
+
+    db = tmp_path / "var" / "g.db"
+    db.parent.mkdir()
+    SqlStore(f"sqlite:///{db}").close()
+    copy = tmp_path / "copy.db"
+    assert run_cli(["backup", str(copy)], env=_store_env(db)).returncode == 0
+    owner = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())  # nobody
+    os.chown(db, *owner)
+    os.chown(db.parent, *owner)
+    done = run_cli(["restore", str(copy)], env=_store_env(db))
+    assert done.returncode == 0, done.stderr
+    assert (db.stat().st_uid, db.stat().st_gid) == owner
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    fresh = tmp_path / "new" / "g.db"
+    fresh.parent.mkdir()
+    os.chown(fresh.parent, *owner)
+    assert run_cli(["restore", str(copy)], env=_store_env(fresh)).returncode == 0
+    assert (fresh.stat().st_uid, fresh.stat().st_gid) == owner
+
+
 def test_restore_refuses_while_the_store_is_served_or_what_is_no_whole_store(
         tmp_path: Path) -> None:
     db = tmp_path / "g.db"
