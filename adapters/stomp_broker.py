@@ -87,7 +87,7 @@ class _Handshake(stomp.ConnectionListener):  # type: ignore[misc]
         self.done.set()
 
     def on_error(self, frame: Any) -> None:
-        self.error = f"broker ERROR: {clip(frame.headers.get('message', '') or _text(frame.body))}"
+        self.error = _broker_error(frame)
         self.done.set()
 
     def on_disconnected(self) -> None:
@@ -161,13 +161,13 @@ class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
             self.cond.notify_all()
 
     def on_error(self, frame: Any) -> None:
-        message = frame.headers.get("message", "") or _text(frame.body)
+        error = _broker_error(frame)
         with self.cond:
             receipt = frame.headers.get("receipt-id")
             if receipt:
-                self.errors[receipt] = f"broker ERROR: {clip(message)}"
+                self.errors[receipt] = error
             else:
-                self.broken = f"broker ERROR: {clip(message)}"
+                self.broken = error
             self.cond.notify_all()
 
     def on_disconnected(self) -> None:
@@ -246,6 +246,21 @@ def _connect_failure(broker: BrokerSettings, host: str, port: int, exc: BaseExce
 
 def _text(body: Any) -> str:
     return body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+
+
+def _broker_error(frame: Any) -> str:
+    """What an ERROR frame says, as the gateway reports it: its `message` header, and the
+    first line of its body when that says more. RabbitMQ puts a code or a summary in the
+    header (`not_found`, `Bad CONNECT`) and the reason in the body (`NOT_FOUND - no queue
+    'x' in vhost '/'`, `Access refused for user 'guest'`); ActiveMQ puts the reason in the
+    header and a Java stack trace, whose first line repeats it, in the body."""
+    message = frame.headers.get("message", "").strip()
+    first = next((line.strip() for line in _text(frame.body).splitlines() if line.strip()), "")
+    if not message:
+        message = first
+    elif first and message not in first:
+        message = f"{message}: {first}"
+    return f"broker ERROR: {clip(message)}"
 
 
 class StompPublisher:
@@ -399,9 +414,9 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
         # STOMP 1.2: the broker closes the connection after an ERROR. RabbitMQ keeps it open
         # after refusing a SUBSCRIBE, leaving a consumer subscribed to nothing: it is ended
         # here either way, and reconnected after a backoff.
-        message = clip(frame.headers.get("message", "") or _text(frame.body))
-        log.error("broker ERROR on the consumer: %s", message)
-        self.consumer._refused(self.conn, f"broker ERROR: {message}")
+        error = _broker_error(frame)
+        log.error("consumer: %s", error)
+        self.consumer._refused(self.conn, error)
 
 
 _REFUSAL_QUIET_S = 1.0

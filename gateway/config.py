@@ -474,9 +474,17 @@ _NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
           ("inbound", "subscription_name"))
 
 
+_DESTINATIONS = ("/queue/", "/topic/", "/amq/queue/")
+_DESTINATION_FORMS = ("/queue/NAME", "/topic/NAME",
+                      "/amq/queue/NAME (RabbitMQ: a queue declared beforehand)")
+
+
 def _is_destination(name: str) -> bool:
-    """A STOMP destination as ActiveMQ and RabbitMQ take it: /queue/NAME or /topic/NAME."""
-    return name.startswith(("/queue/", "/topic/")) and bool(name.split("/", 2)[2].strip())
+    """A STOMP destination as ActiveMQ and RabbitMQ take it: /queue/NAME or /topic/NAME; or
+    RabbitMQ's /amq/queue/NAME, a queue that exists already (declared with arguments of its
+    own, such as x-single-active-consumer, which /queue/NAME would declare again without)."""
+    prefix = next((p for p in _DESTINATIONS if name.startswith(p)), None)
+    return prefix is not None and bool(name[len(prefix):].strip())
 
 
 def settings_in_force(settings: Settings) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -686,7 +694,7 @@ def load_settings(path: str | Path | None = None,
         dest = sections[name].destination
         if not _is_destination(dest):
             raise ConfigError(f"{name}.destination", f"{dest!r} is not a STOMP destination",
-                              ("/queue/NAME", "/topic/NAME"))
+                              _DESTINATION_FORMS)
     if sections["webhook"].secret:
         secret_keys(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
     for name, key, low, high in _RANGES:
@@ -722,7 +730,7 @@ def load_settings(path: str | Path | None = None,
     if dead and not _is_destination(dead):
         raise ConfigError("inbound.dead_letter_destination",
                           f"{dead!r} is not a STOMP destination",
-                          ("\"\" (store only)", "/queue/NAME", "/topic/NAME"))
+                          ("\"\" (store only)", *_DESTINATION_FORMS))
     forward = sections["forward"]
     _check_tls_files("forward", forward.url.lower().startswith("https://"),
                      "forward.url is not https://", ("ca_file", forward.ca_file),

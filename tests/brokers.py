@@ -71,6 +71,19 @@ def unique_queue(name: str) -> str:
     return f"/queue/test.{name}.{uuid.uuid4().hex[:10]}"
 
 
+def rabbitmq_single_active_queue(name: str) -> str:
+    """A durable queue declared on the machine's RabbitMQ with x-single-active-consumer, as an
+    operator declares it beforehand (rabbitmqadmin, a definitions file): its /amq/queue/
+    destination, which STOMP uses without declaring it again. Named test.*, so that
+    `scripts/rabbitmq-stomp.sh stop` removes it."""
+    queue = f"test.{name}.{uuid.uuid4().hex[:10]}"
+    declare = (f'rabbit_amqqueue:declare(rabbit_misc:r(<<"/">>, queue, <<"{queue}">>), true, '
+               'false, [{<<"x-single-active-consumer">>, bool, true}], none, <<"guest">>).')
+    subprocess.run(["rabbitmqctl", "-q", "eval", declare], check=True, capture_output=True,
+                   timeout=60)
+    return f"/amq/queue/{queue}"
+
+
 @dataclass
 class Received:
     frames: list[Any] = field(default_factory=list)

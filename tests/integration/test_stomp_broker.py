@@ -11,14 +11,16 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import stomp
 
 from adapters.smile_xml import SmileXmlCodec
-from adapters.stomp_broker import StompConsumer, StompPublisher
+from adapters.stomp_broker import StompConsumer, StompPublisher, _broker_error
 from gateway.config import BrokerSettings, Settings
 from gateway.errors import PublishError
 from gateway.ports import BROKER, DEAD, PENDING, SENT, Envelope, NewOutboxItem
@@ -32,6 +34,7 @@ from tests.brokers import (
     Endpoint,
     TlsFront,
     make_certificate,
+    rabbitmq_single_active_queue,
     receive,
     require_broker,
     send,
@@ -467,9 +470,46 @@ def test_two_gateways_on_one_queue_take_it_in_turn_so_order_holds(
     a subscription's documents would be recorded out of order. As ActiveMQ's exclusive
     consumer, one gateway takes every message and the others stand by, taking over when it
     goes; inbound.exclusive: false shares them out (measured here, so that the test can fail)."""
-    queue = unique_queue(f"exclusive-{exclusive}")
-    s = make_settings(settings, queue, activemq)
-    s = replace(s, inbound=replace(s.inbound, exclusive=exclusive))
+    s = replace(settings, inbound=replace(settings.inbound, exclusive=exclusive))
+    _two_gateways_take_turns(s, codec, tmp_path, unique_queue(f"exclusive-{exclusive}"),
+                             activemq, one_at_a_time=exclusive)
+
+
+def test_two_gateways_on_rabbitmq_take_a_single_active_consumer_queue_in_turn(
+        settings, codec, tmp_path) -> None:
+    """RabbitMQ's STOMP plugin ignores ActiveMQ's exclusive header, and will not declare a
+    queue with x-single-active-consumer: the queue is declared so beforehand and named as
+    /amq/queue/NAME (README, The broker). One gateway then takes every message and the other
+    takes over when it goes, as on ActiveMQ."""
+    require_broker(RABBITMQ)
+    _two_gateways_take_turns(settings, codec, tmp_path, rabbitmq_single_active_queue("sac"),
+                             RABBITMQ, one_at_a_time=True)
+
+
+def test_the_relay_publishes_to_a_rabbitmq_queue_declared_beforehand(settings, codec,
+                                                                    tmp_path) -> None:
+    """Emission and inbound both on /amq/queue/NAME: the relay's SEND and the consumer's
+    SUBSCRIBE use the queue as it was declared (a SEND to /queue/NAME would declare it again
+    without x-single-active-consumer and be refused)."""
+    require_broker(RABBITMQ)
+    queue = rabbitmq_single_active_queue("emission")
+    s = make_settings(settings, queue, RABBITMQ)
+    publish_and_consume(s, make_service(s, codec, tmp_path), queue, RABBITMQ)
+
+
+def test_a_plain_rabbitmq_queue_shares_two_gateways_out(settings, codec, tmp_path) -> None:
+    """What the queue declared beforehand is for: on a /queue/ destination RabbitMQ shares the
+    messages out between the two gateways, whatever inbound.exclusive says."""
+    require_broker(RABBITMQ)
+    _two_gateways_take_turns(settings, codec, tmp_path, unique_queue("shared"), RABBITMQ,
+                             one_at_a_time=False)
+
+
+def _two_gateways_take_turns(settings: Settings, codec, tmp_path: Path, queue: str,
+                             broker: Broker, one_at_a_time: bool) -> None:
+    """Two consumers, each with its own store, on `queue`; 20 messages, then (one at a time)
+    the first goes and 5 more reach the second alone; else both got some of the 20."""
+    s = make_settings(settings, queue, broker)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first_seen: list[str] = []
@@ -485,16 +525,16 @@ def test_two_gateways_on_one_queue_take_it_in_turn_so_order_holds(
             wait_until(lambda: second.consumer._conn is not None, 20, what="the second")
             time.sleep(0.5)  # both subscribed at the broker
             for _ in range(20):
-                send(queue, body, {"smileMessageType": "SubscriptionActivated"})
+                send(queue, body, {"smileMessageType": "SubscriptionActivated"}, broker=broker)
             wait_until(lambda: len(first_seen) + len(second_seen) == 20, 30,
                        what="20 messages consumed")
-            if not exclusive:
-                assert first_seen and second_seen  # shared out: what exclusive prevents
+            if not one_at_a_time:
+                assert first_seen and second_seen  # shared out: what one at a time prevents
                 return
             assert (len(first_seen), second_seen) == (20, [])
             first.__exit__(None, None, None)  # the active gateway goes: the other takes over
             for _ in range(5):
-                send(queue, body, {"smileMessageType": "SubscriptionActivated"})
+                send(queue, body, {"smileMessageType": "SubscriptionActivated"}, broker=broker)
             wait_until(lambda: len(second_seen) == 5, 30, what="the standby taking over")
         assert len(first_seen) == 20
 
@@ -714,12 +754,62 @@ def test_a_subscription_the_broker_refuses_is_a_failure_retried_with_backoff(
     caplog.set_level("INFO", logger="adapters.stomp_broker")
     with ConsumerThread(consumer):
         wait_until(lambda: consumer.last_failure is not None, 20, what="the refusal")
-        assert consumer.last_failure == "broker ERROR: Invalid destination"
+        refusal = "broker ERROR: Invalid destination: '/a/b' is not a valid queue destination"
+        assert consumer.last_failure == refusal
         time.sleep(2.5)
-        assert consumer.last_failure == "broker ERROR: Invalid destination"  # still: /readyz
+        assert consumer.last_failure == refusal  # still: /readyz
     subscribes = caplog.text.count("consumer subscribed destination=/queue/a/b")
     assert 2 <= subscribes <= 5, subscribes  # retried, 0.5 s then 1 s apart, not in a loop
-    assert "consumer: broker ERROR: Invalid destination; retrying in" in caplog.text
+    assert f"consumer: {refusal}; retrying in" in caplog.text
+
+
+def test_a_queue_named_beforehand_that_does_not_exist_is_named_by_the_failure(
+        settings) -> None:
+    """RabbitMQ's ERROR says what is wrong in its body; its message header is a code
+    (`not_found`). The failure /readyz shows and the log says carries both."""
+    require_broker(RABBITMQ)
+    broker = replace(settings.broker, port=RABBITMQ.port, user=RABBITMQ.user,
+                     password=RABBITMQ.password, reconnect_initial_s=0.5, reconnect_max_s=1.0)
+    queue = f"test.absent.{uuid.uuid4().hex[:10]}"
+    inbound = replace(settings.inbound, enabled=True, destination=f"/amq/queue/{queue}")
+    consumer = idle_consumer(replace(settings, inbound=inbound), broker)
+    with ConsumerThread(consumer):
+        wait_until(lambda: consumer.last_failure is not None, 20, what="the refusal")
+    assert consumer.last_failure == \
+        f"broker ERROR: not_found: NOT_FOUND - no queue '{queue}' in vhost '/'"
+
+
+def test_an_activemq_error_is_named_by_its_message_not_its_stack_trace() -> None:
+    """ActiveMQ's ERROR frame, as it sent one here (a SEND with no destination): the reason
+    in the header, a Java stack trace in the body whose first line repeats it."""
+    frame = stomp.utils.Frame("ERROR", {
+        "content-type": "text/plain", "receipt-id": "r1",
+        "message": "SEND received without a Destination specified!"},
+        "org.apache.activemq.transport.stomp.ProtocolException: SEND received without a "
+        "Destination specified!\n\tat org.apache.activemq.transport.stomp.ProtocolConverter"
+        ".onStompSend(ProtocolConverter.java:325)\n")
+    assert _broker_error(frame) == \
+        "broker ERROR: SEND received without a Destination specified!"
+    frame.headers.pop("message")  # no header: the body's first line, not the whole trace
+    assert _broker_error(frame) == ("broker ERROR: org.apache.activemq.transport.stomp."
+                                    "ProtocolException: SEND received without a Destination "
+                                    "specified!")
+
+
+def test_a_login_the_broker_refuses_is_named_with_its_reason(settings) -> None:
+    """RabbitMQ refuses a bad password with `message:Bad CONNECT` and the reason in the body:
+    the gateway's failure names the user refused, not only 'Bad CONNECT'."""
+    require_broker(RABBITMQ)
+    broker = replace(settings.broker, port=RABBITMQ.port, user="guest", password="wrong",
+                     receipt_timeout_s=5.0)
+    publisher = StompPublisher(broker)
+    try:
+        with pytest.raises(PublishError) as refused:
+            publisher.publish([Envelope(1, unique_queue("refused"), {}, b"<x/>")])
+    finally:
+        publisher.close()
+    assert str(refused.value) == (f"cannot connect to 127.0.0.1:{RABBITMQ.port}: broker ERROR: "
+                                  "Bad CONNECT: Access refused for user 'guest'")
 
 
 def test_a_consumer_says_why_it_cannot_connect_and_stops_when_asked(settings, caplog) -> None:

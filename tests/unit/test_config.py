@@ -75,6 +75,10 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
     ("emission:\n  destination: SmileSubscription\n", "emission.destination", "not a STOMP"),
     ("inbound:\n  destination: /queue/\n", "inbound.destination",
      "'/queue/' is not a STOMP destination"),
+    ("inbound:\n  destination: /amq/queue/\n", "inbound.destination",
+     "'/amq/queue/' is not a STOMP destination"),
+    ("emission:\n  destination: /amq/topic/x\n", "emission.destination",
+     "'/amq/topic/x' is not a STOMP destination"),
     ("inbound:\n  dead_letter_destination: '/topic/ '\n", "inbound.dead_letter_destination",
      "'/topic/ ' is not a STOMP destination"),
     ("webhook:\n  secret: whsec_abc\n", "webhook.secret", "environment only"),
@@ -182,6 +186,19 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
     s = load_settings(cfg, {})
     assert (s.webhook.port, s.broker.port, s.broker.heartbeat_ms) == (0, 65535, 0)
     assert s.forward.url == "https://orders.example/events"
+
+
+def test_a_queue_declared_beforehand_on_rabbitmq_is_a_destination(tmp_path: Path) -> None:
+    """RabbitMQ's /amq/queue/NAME: a queue that exists (declared with its own arguments, such
+    as x-single-active-consumer), which a SEND or SUBSCRIBE to /queue/NAME would declare
+    again without them and be refused."""
+    cfg = tmp_path / "rabbit.yaml"
+    cfg.write_text("emission:\n  destination: /amq/queue/smile.out\n"
+                   "inbound:\n  destination: /amq/queue/smile.in\n"
+                   "  dead_letter_destination: /amq/queue/smile.dlq\n")
+    s = load_settings(cfg, {})
+    assert (s.emission.destination, s.inbound.destination, s.inbound.dead_letter_destination) \
+        == ("/amq/queue/smile.out", "/amq/queue/smile.in", "/amq/queue/smile.dlq")
 
 
 def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
