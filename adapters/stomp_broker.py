@@ -82,8 +82,10 @@ class _Handshake(stomp.ConnectionListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.done = threading.Event()
         self.error: str | None = None
+        self.server = ""  # CONNECTED's `server` header: "ActiveMQ/5.17.2", "RabbitMQ/3.10.8"
 
     def on_connected(self, frame: Any) -> None:
+        self.server = frame.headers.get("server", "")
         self.done.set()
 
     def on_error(self, frame: Any) -> None:
@@ -95,10 +97,10 @@ class _Handshake(stomp.ConnectionListener):  # type: ignore[misc]
         self.done.set()
 
 
-def _open(broker: BrokerSettings, headers: dict[str, str]) -> stomp.Connection12:
+def _open(broker: BrokerSettings, headers: dict[str, str]) -> tuple[stomp.Connection12, str]:
     """A connection to the first of broker.host:port and the failover brokers that answers
-    CONNECT with CONNECTED within the receipt timeout; else a StompException names each
-    one tried and why it failed."""
+    CONNECT with CONNECTED within the receipt timeout, and the broker's `server` header; else
+    a StompException names each one tried and why it failed."""
     failures = []
     for host, port in broker.endpoints:
         try:
@@ -112,7 +114,7 @@ def _open(broker: BrokerSettings, headers: dict[str, str]) -> stomp.Connection12
 
 
 def _open_one(broker: BrokerSettings, host: str, port: int,
-              headers: dict[str, str]) -> stomp.Connection12:
+              headers: dict[str, str]) -> tuple[stomp.Connection12, str]:
     where = f"cannot connect to {endpoint_text(host, port)}"
     conn = _connection(broker, host, port)
     handshake = _Handshake()
@@ -137,7 +139,7 @@ def _open_one(broker: BrokerSettings, host: str, port: int,
         _quietly_disconnect(conn)
         raise stomp.exception.ConnectFailedException(f"{where}: {why}")
     conn.remove_listener("handshake")
-    return conn
+    return conn, handshake.server
 
 
 def _endpoint_of(conn: stomp.Connection12) -> str:
@@ -185,7 +187,11 @@ _NO_RECEIPT = "no receipt"
 
 
 class _BatchFailed(Exception):
-    """A transaction batch was not confirmed."""
+    """A batch was not confirmed (`confirmed`: the ids of its first messages that were)."""
+
+    def __init__(self, why: str, confirmed: tuple[int, ...] = ()) -> None:
+        super().__init__(why)
+        self.confirmed = confirmed
 
 
 def _why(exc: BaseException) -> str:
@@ -271,38 +277,56 @@ class StompPublisher:
         self.client = client
         self._conn: stomp.Connection12 | None = None
         self._tracker = _Tracker()
+        self._transactions = False  # whether a COMMIT's receipt confirms its SENDs here
 
     def _connected(self) -> stomp.Connection12:
         if self._conn is not None and self._conn.is_connected() and not self._tracker.broken:
             return self._conn
         self.close()
         try:
-            conn = _open(self.broker, {"client-id": f"{self.client}-pub-{uuid.uuid4().hex[:8]}"})
+            conn, server = _open(self.broker,
+                                 {"client-id": f"{self.client}-pub-{uuid.uuid4().hex[:8]}"})
         except STOMP_ERRORS as exc:
             raise PublishError(str(exc)) from exc
         tracker = _Tracker()
         conn.set_listener("tracker", tracker)
         self._conn, self._tracker = conn, tracker
+        # ActiveMQ Classic refuses a transaction's SEND before it answers the COMMIT (its
+        # receipt confirms them all). RabbitMQ answers the COMMIT first and its ERROR for a
+        # SEND follows: elsewhere each SEND waits for a receipt of its own (pipelined).
+        self._transactions = server.startswith("ActiveMQ/")
         log.info("publisher connected broker=%s", _endpoint_of(conn))
         return conn
 
     def publish(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
-        """One STOMP transaction per batch: the COMMIT's receipt confirms every message in it
-        with one journal write on the broker. ActiveMQ syncs its journal for each persistent
-        SEND that asks for a receipt, so per-message receipts, pipelined or not, run at the
-        disk's sync rate; a transaction runs near the no-receipt rate and stays durable.
+        """On ActiveMQ Classic, one STOMP transaction per batch: the COMMIT's receipt confirms
+        every message in it with one journal write on the broker. ActiveMQ syncs its journal
+        for each persistent SEND that asks for a receipt, so per-message receipts, pipelined
+        or not, run at the disk's sync rate; a transaction runs near the no-receipt rate and
+        stays durable. On other brokers (RabbitMQ confirms a COMMIT before it refuses a SEND
+        in it), every SEND with its own receipt, pipelined.
 
         When a batch fails (an ERROR, a dropped connection, no receipt in time) the broker
-        rolls the uncommitted transaction back, and the batch is sent again one message at a
-        time, each with its own receipt, to find the message the broker refuses."""
+        rolls the uncommitted transaction back (the pipelined messages already confirmed
+        stand), and the rest is sent again one message at a time, each with its own receipt,
+        to find the message the broker refuses."""
         conn = self._connected()
         try:
-            self._send_transaction(conn, envelopes)
+            if self._transactions:
+                self._send_transaction(conn, envelopes)
+            else:
+                self._send_pipelined(conn, envelopes)
             return PublishOutcome(tuple(e.item_id for e in envelopes), {})
         except _BatchFailed as exc:
             log.warning("batch of %d failed (%s): sending one by one", len(envelopes), exc)
             self.close()
-        return self._isolate(envelopes)
+            confirmed = exc.confirmed  # their receipts came back: they stand
+        rest = envelopes[len(confirmed):]
+        try:
+            outcome = self._isolate(rest)
+        except PublishError as exc:
+            raise PublishError(str(exc), [*confirmed, *exc.confirmed]) from exc
+        return PublishOutcome((*confirmed, *outcome.confirmed), outcome.refused)
 
     def _send_transaction(self, conn: stomp.Connection12, envelopes: Sequence[Envelope]) -> None:
         tracker = self._tracker
@@ -319,6 +343,30 @@ class StompPublisher:
         problem = _await(tracker, receipt, self.broker.receipt_timeout_s)
         if problem is not None:
             raise _BatchFailed(problem)
+
+    def _send_pipelined(self, conn: stomp.Connection12, envelopes: Sequence[Envelope]) -> None:
+        """Every SEND with a receipt of its own, all in flight at once, then the receipts
+        awaited in order. All confirmed, or _BatchFailed with `.confirmed`, the ids of the
+        messages before the first that was not (a later one's receipt does not count before
+        an earlier one's: the earlier one is resent first, in order)."""
+        tracker = self._tracker
+        receipts = [f"{e.item_id}-{uuid.uuid4().hex[:12]}" for e in envelopes]
+        confirmed: list[int] = []
+        try:
+            for envelope, receipt in zip(envelopes, receipts, strict=True):
+                conn.send(envelope.destination, envelope.body,
+                          headers={**envelope.headers, "persistent": "true"}, receipt=receipt)
+        except STOMP_ERRORS as exc:
+            failure: str | None = f"send failed: {_why(exc)}"
+        else:
+            failure = None
+        for envelope, receipt in zip(envelopes, receipts, strict=True):
+            problem = _await(tracker, receipt, self.broker.receipt_timeout_s)
+            if problem is not None:
+                raise _BatchFailed(problem, tuple(confirmed))
+            confirmed.append(envelope.item_id)
+        if failure is not None:  # the socket failed after the broker had read them all
+            raise _BatchFailed(failure, tuple(confirmed))
 
     def _isolate(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
         confirmed: list[int] = []
@@ -454,7 +502,7 @@ class StompConsumer:
         topic = self.inbound.destination.startswith("/topic/")
         headers = {"client-id": self.inbound.subscription_name} if topic else \
             {"client-id": f"{self.client}-sub-{uuid.uuid4().hex[:8]}"}
-        conn = _open(self.broker, headers)
+        conn, _ = _open(self.broker, headers)
         conn.set_listener("deliveries", _Deliveries(self, conn))
         self._tracker = _Tracker()
         conn.set_listener("tracker", self._tracker)

@@ -474,17 +474,32 @@ _NAMED = (("broker", "host"), ("webhook", "host"), ("emission", "origin"),
           ("inbound", "subscription_name"))
 
 
-_DESTINATIONS = ("/queue/", "/topic/", "/amq/queue/")
-_DESTINATION_FORMS = ("/queue/NAME", "/topic/NAME",
-                      "/amq/queue/NAME (RabbitMQ: a queue declared beforehand)")
+_DESTINATIONS = ("/queue/", "/topic/")
+_DESTINATION_FORMS = ("/queue/NAME", "/topic/NAME")
+# RabbitMQ's name for a queue that exists already (declared with arguments of its own, such as
+# x-single-active-consumer, which a SUBSCRIBE to /queue/NAME would declare again without): to
+# consume only, since RabbitMQ confirms a SEND to one that does not exist and drops it
+_DECLARED_QUEUE = "/amq/queue/"
 
 
-def _is_destination(name: str) -> bool:
-    """A STOMP destination as ActiveMQ and RabbitMQ take it: /queue/NAME or /topic/NAME; or
-    RabbitMQ's /amq/queue/NAME, a queue that exists already (declared with arguments of its
-    own, such as x-single-active-consumer, which /queue/NAME would declare again without)."""
-    prefix = next((p for p in _DESTINATIONS if name.startswith(p)), None)
+def _is_destination(name: str, consumed: bool = False) -> bool:
+    """A STOMP destination as ActiveMQ and RabbitMQ take it: /queue/NAME or /topic/NAME; and
+    to consume from, RabbitMQ's /amq/queue/NAME."""
+    prefixes = (*_DESTINATIONS, _DECLARED_QUEUE) if consumed else _DESTINATIONS
+    prefix = next((p for p in prefixes if name.startswith(p)), None)
     return prefix is not None and bool(name[len(prefix):].strip())
+
+
+def _destination_error(key: str, name: str, consumed: bool,
+                       forms: tuple[str, ...] = _DESTINATION_FORMS) -> ConfigError:
+    """Why `name` is not a destination `key` takes, and the forms it does take."""
+    if consumed:
+        forms = (*forms, f"{_DECLARED_QUEUE}NAME (RabbitMQ: a queue declared beforehand)")
+    elif name.startswith(_DECLARED_QUEUE):
+        return ConfigError(key, f"{name!r} is RabbitMQ's name of a queue declared beforehand, "
+                           "which only inbound.destination takes: RabbitMQ confirms a SEND to "
+                           "one that does not exist and drops the message", forms)
+    return ConfigError(key, f"{name!r} is not a STOMP destination", forms)
 
 
 def settings_in_force(settings: Settings) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -692,9 +707,8 @@ def load_settings(path: str | Path | None = None,
                           ("postgresql://USER@HOST:PORT/DATABASE",))
     for name in ("emission", "inbound"):
         dest = sections[name].destination
-        if not _is_destination(dest):
-            raise ConfigError(f"{name}.destination", f"{dest!r} is not a STOMP destination",
-                              _DESTINATION_FORMS)
+        if not _is_destination(dest, consumed=name == "inbound"):
+            raise _destination_error(f"{name}.destination", dest, consumed=name == "inbound")
     if sections["webhook"].secret:
         secret_keys(sections["webhook"].secret)  # raises ConfigError naming webhook.secret
     for name, key, low, high in _RANGES:
@@ -728,9 +742,8 @@ def load_settings(path: str | Path | None = None,
                           "JSON member names", ("event.productOrder.externalId",))
     dead = sections["inbound"].dead_letter_destination
     if dead and not _is_destination(dead):
-        raise ConfigError("inbound.dead_letter_destination",
-                          f"{dead!r} is not a STOMP destination",
-                          ("\"\" (store only)", *_DESTINATION_FORMS))
+        raise _destination_error("inbound.dead_letter_destination", dead, consumed=False,
+                                 forms=("\"\" (store only)", *_DESTINATION_FORMS))
     forward = sections["forward"]
     _check_tls_files("forward", forward.url.lower().startswith("https://"),
                      "forward.url is not https://", ("ca_file", forward.ca_file),

@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import stomp
@@ -173,6 +174,17 @@ def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path, brok
     assert got == expected
 
 
+def relay_twice(service, s: Settings) -> tuple[BrokerRelay, dict[str, Any]]:
+    """Two passes of a relay over the service's outbox, the second past the retry delay: the
+    relay (its connection closed) and the outbox items by message id."""
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    relay.run_once()
+    relay.clock = lambda: time.time() + 10_000  # past the retry delay
+    relay.run_once()
+    relay.publisher.close()
+    return relay, {i.message_id: i for i in service.store.outbox()}
+
+
 def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
         settings, codec, tmp_path, activemq) -> None:
     queue = unique_queue("refused")
@@ -188,12 +200,7 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     good = NewOutboxItem(BROKER, "good-1", "u2", "SubscriptionEnabled",
                          {"smileMessageType": "SubscriptionEnabled", "usn": "u2"}, body)
     service.store.enqueue([poison, later, good])
-    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
-    relay.run_once()
-    relay.clock = lambda: time.time() + 10_000  # past the retry delay
-    relay.run_once()
-    relay.publisher.close()
-    by_id = {i.message_id: i for i in service.store.outbox()}
+    relay, by_id = relay_twice(service, s)
     assert by_id["good-1"].status == SENT
     assert by_id["poison-1"].status == DEAD and by_id["poison-1"].attempts == 2
     assert by_id["poison-1"].last_error
@@ -206,6 +213,56 @@ def test_a_message_the_broker_refuses_becomes_a_dead_letter_and_can_be_replayed(
     assert service.store.outbox(PENDING)[0].message_id == "poison-1"
     frames = receive(queue, 2, timeout=10)  # the good one and the later one; no poison
     assert sorted(f.headers["usn"] for f in frames) == ["u1", "u2"]
+
+
+def test_a_send_rabbitmq_refuses_after_it_confirmed_the_commit_is_not_counted_sent(
+        settings, codec, tmp_path) -> None:
+    """RabbitMQ answers a transaction's COMMIT with its RECEIPT before the ERROR for a SEND in
+    it that it refuses (seen for a queue declared beforehand with arguments of its own, a
+    quorum or single-active-consumer queue, named /queue/NAME): counted on the COMMIT's
+    receipt, every message was marked sent and none reached the queue. On a broker other than
+    ActiveMQ each message is confirmed by a receipt of its own."""
+    require_broker(RABBITMQ)
+    declared = rabbitmq_single_active_queue("refusing")
+    s = make_settings(settings, declared.replace("/amq/queue/", "/queue/"), RABBITMQ,
+                      max_attempts=2)
+    service = make_service(s, codec, tmp_path)
+    body = (SAMPLES / "SubscriptionEnabled.xml").read_bytes()
+    service.store.enqueue([
+        NewOutboxItem(BROKER, f"refused-{n}", usn, "SubscriptionEnabled",
+                      {"smileMessageType": "SubscriptionEnabled", "usn": usn}, body)
+        for n, usn in enumerate(("u1", "u1", "u2"))])
+    _, by_id = relay_twice(service, s)
+    assert [by_id[f"refused-{n}"].status for n in range(3)] == [DEAD, PENDING, DEAD]
+    assert "PRECONDITION_FAILED - inequivalent arg 'x-single-active-consumer'" in \
+        (by_id["refused-0"].last_error or "")
+    assert receive(declared, 1, timeout=2, broker=RABBITMQ) == []
+
+
+def test_rabbitmq_confirms_each_message_so_those_before_a_refused_one_stand(
+        settings, codec, tmp_path) -> None:
+    """Pipelined receipts on RabbitMQ: the messages confirmed before the one it refuses (a
+    non-numeric `expiration`: its ERROR ends the connection) are not sent again; the refused
+    one is retried, then dead; the rest go on, each once."""
+    require_broker(RABBITMQ)
+    queue = unique_queue("pipelined")
+    s = make_settings(settings, queue, RABBITMQ, max_attempts=2)
+    service = make_service(s, codec, tmp_path)
+    body = (SAMPLES / "SubscriptionEnabled.xml").read_bytes()
+
+    def item(message_id: str, usn: str, **extra: str) -> NewOutboxItem:
+        return NewOutboxItem(BROKER, message_id, usn, "SubscriptionEnabled",
+                             {"smileMessageType": "SubscriptionEnabled", "usn": usn, **extra},
+                             body)
+
+    service.store.enqueue([item("before", "u1"), item("poison", "u2", expiration="soon"),
+                           item("after", "u3")])
+    _, by_id = relay_twice(service, s)
+    assert {k: v.status for k, v in by_id.items()} == \
+        {"before": SENT, "poison": DEAD, "after": SENT}
+    assert "invalid expiration 'soon'" in (by_id["poison"].last_error or "")
+    frames = receive(queue, 3, timeout=10, idle=2, broker=RABBITMQ)
+    assert sorted(f.headers["usn"] for f in frames) == ["u1", "u3"]  # each once
 
 
 def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
@@ -484,17 +541,6 @@ def test_two_gateways_on_rabbitmq_take_a_single_active_consumer_queue_in_turn(
     require_broker(RABBITMQ)
     _two_gateways_take_turns(settings, codec, tmp_path, rabbitmq_single_active_queue("sac"),
                              RABBITMQ, one_at_a_time=True)
-
-
-def test_the_relay_publishes_to_a_rabbitmq_queue_declared_beforehand(settings, codec,
-                                                                    tmp_path) -> None:
-    """Emission and inbound both on /amq/queue/NAME: the relay's SEND and the consumer's
-    SUBSCRIBE use the queue as it was declared (a SEND to /queue/NAME would declare it again
-    without x-single-active-consumer and be refused)."""
-    require_broker(RABBITMQ)
-    queue = rabbitmq_single_active_queue("emission")
-    s = make_settings(settings, queue, RABBITMQ)
-    publish_and_consume(s, make_service(s, codec, tmp_path), queue, RABBITMQ)
 
 
 def test_a_plain_rabbitmq_queue_shares_two_gateways_out(settings, codec, tmp_path) -> None:

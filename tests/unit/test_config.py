@@ -188,17 +188,24 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
     assert s.forward.url == "https://orders.example/events"
 
 
-def test_a_queue_declared_beforehand_on_rabbitmq_is_a_destination(tmp_path: Path) -> None:
+def test_a_queue_declared_beforehand_on_rabbitmq_is_a_destination_to_consume(
+        tmp_path: Path) -> None:
     """RabbitMQ's /amq/queue/NAME: a queue that exists (declared with its own arguments, such
-    as x-single-active-consumer), which a SEND or SUBSCRIBE to /queue/NAME would declare
-    again without them and be refused."""
+    as x-single-active-consumer), which a SUBSCRIBE to /queue/NAME would declare again without
+    them and be refused. To consume only: RabbitMQ confirms a SEND to one that does not exist
+    and drops the message."""
     cfg = tmp_path / "rabbit.yaml"
-    cfg.write_text("emission:\n  destination: /amq/queue/smile.out\n"
-                   "inbound:\n  destination: /amq/queue/smile.in\n"
-                   "  dead_letter_destination: /amq/queue/smile.dlq\n")
-    s = load_settings(cfg, {})
-    assert (s.emission.destination, s.inbound.destination, s.inbound.dead_letter_destination) \
-        == ("/amq/queue/smile.out", "/amq/queue/smile.in", "/amq/queue/smile.dlq")
+    cfg.write_text("inbound:\n  destination: /amq/queue/smile.in\n")
+    assert load_settings(cfg, {}).inbound.destination == "/amq/queue/smile.in"
+    for key, text in (("emission.destination", "emission:\n  destination: /amq/queue/out\n"),
+                      ("inbound.dead_letter_destination",
+                       "inbound:\n  dead_letter_destination: /amq/queue/dlq\n")):
+        cfg.write_text(text)
+        with pytest.raises(ConfigError) as refused:
+            load_settings(cfg, {})
+        assert refused.value.key == key
+        assert "only inbound.destination takes: RabbitMQ confirms a SEND to one that does " \
+            "not exist and drops the message" in str(refused.value)
 
 
 def test_an_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
