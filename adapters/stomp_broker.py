@@ -468,6 +468,7 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
 
 
 _REFUSAL_QUIET_S = 1.0
+_PREFETCH = "100"  # deliveries unacknowledged at a time, per consumer
 
 
 class StompConsumer:
@@ -506,7 +507,9 @@ class StompConsumer:
         conn.set_listener("deliveries", _Deliveries(self, conn))
         self._tracker = _Tracker()
         conn.set_listener("tracker", self._tracker)
-        sub_headers = {"activemq.prefetchSize": "100"}
+        # at most _PREFETCH unacknowledged at a time, in ActiveMQ's word and RabbitMQ's (whose
+        # default is no limit: a backlog would all be pushed into the inbox, into memory)
+        sub_headers = {"activemq.prefetchSize": _PREFETCH, "prefetch-count": _PREFETCH}
         if self.inbound.exclusive and not topic:
             # of several gateways on the queue, the broker picks one for every message and
             # moves to the next when it goes: a subscription's documents stay in order
