@@ -345,7 +345,11 @@ class GatewayService:
                          came_at: float | None = None) -> tuple[dict[str, Any], bool]:
         """A broker message's document, read by its headers (charset, smileMessageType) and
         deduplicated by its message id: (response, recorded before)."""
-        key = headers.get("gateway-message-id") or headers.get("message-id")
+        # the sender's id, stable when the broker delivers a message again: ours, else
+        # RabbitMQ's copy of an AMQP/JMS sender's (its message-id is per delivery), else the
+        # broker's (ActiveMQ's stays the message's own)
+        key = (headers.get("gateway-message-id") or headers.get("amqp-message-id")
+               or headers.get("message-id"))
         dedupe_key = f"broker:{key}" if key else None
         message_type = headers.get("smileMessageType") or None
         charset = _charset(headers.get("content-type", ""))

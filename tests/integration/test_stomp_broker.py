@@ -23,7 +23,7 @@ import stomp
 from adapters.smile_xml import SmileXmlCodec
 from adapters.stomp_broker import StompConsumer, StompPublisher, _broker_error
 from gateway.config import BrokerSettings, Settings
-from gateway.errors import PublishError
+from gateway.errors import PublishError, StoreError
 from gateway.ports import BROKER, DEAD, PENDING, SENT, Envelope, NewOutboxItem
 from gateway.relay import BrokerRelay
 from gateway.service import StateChange
@@ -298,6 +298,41 @@ def test_the_consumer_commits_then_acks_skips_duplicates_and_own_messages(
     assert receive(queue, 1, timeout=2, broker=broker) == []
 
 
+def test_a_message_delivered_again_after_its_commit_is_taken_once(
+        settings, codec, tmp_path, broker) -> None:
+    """The gateway committed a message and lost it before its ACK went out: the broker
+    delivers it again. ActiveMQ keeps its message-id; RabbitMQ gives each delivery a
+    message-id of its own and keeps the sender's id in amqp-message-id (a JMS sender's
+    JMSMessageID), so that one is the key there (before, the second delivery was recorded
+    again)."""
+    queue = unique_queue("redelivered")
+    s = make_settings(settings, queue, broker)
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+    redelivered: list[str | None] = []
+
+    def handler(headers, body) -> str:
+        redelivered.append(headers.get("redelivered"))
+        outcomes.append(service.consume(headers, body))
+        if len(outcomes) == 1:  # committed; then the connection is gone before the ACK
+            raise StoreError("lost before the ACK")
+        return outcomes[-1]
+
+    consumer = StompConsumer(s.broker, s.inbound, handler,
+                             lambda h, b, why: service.dead_letter("broker", why, h, b))
+    headers = {"smileMessageType": "SubscriptionActivated"}
+    if broker is RABBITMQ:
+        headers["amqp-message-id"] = "ID:smile-jms-1"
+    with ConsumerThread(consumer):
+        send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(), headers,
+             broker=broker)
+        wait_until(lambda: len(outcomes) == 2, 30, what="the second delivery")
+    assert redelivered[-1] == "true"
+    assert outcomes == ["accepted", "duplicate"]
+    history = service.subscription_view("2142426765")["history"]
+    assert len({change["eventId"] for change in history}) == 1  # one document, recorded once
+
+
 def test_a_message_id_reused_for_another_document_is_a_dead_letter(
         settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("reused")
@@ -459,7 +494,6 @@ def test_a_poison_message_does_not_loop(settings, codec, tmp_path, broker) -> No
 
 
 def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_path, broker) -> None:
-    from gateway.errors import StoreError
 
     queue = unique_queue("storefail")
     s = make_settings(settings, queue, broker)
@@ -493,7 +527,6 @@ def test_a_store_that_stays_down_is_retried_with_backoff_not_in_a_loop(
         settings, codec, tmp_path, broker) -> None:
     """The message stays on the broker while the store fails; reconnecting at once for each
     redelivery would take and drop it as fast as the broker can deliver, and log each time."""
-    from gateway.errors import StoreError
 
     queue = unique_queue("storedown")
     s = make_settings(settings, queue, broker)
