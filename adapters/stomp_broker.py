@@ -349,23 +349,20 @@ class StompPublisher:
         awaited in order. All confirmed, or _BatchFailed with `.confirmed`, the ids of the
         messages before the first that was not (a later one's receipt does not count before
         an earlier one's: the earlier one is resent first, in order)."""
-        tracker = self._tracker
-        receipts = [f"{e.item_id}-{uuid.uuid4().hex[:12]}" for e in envelopes]
-        confirmed: list[int] = []
+        receipts: list[str] = []
+        failure = None
         try:
-            for envelope, receipt in zip(envelopes, receipts, strict=True):
-                conn.send(envelope.destination, envelope.body,
-                          headers={**envelope.headers, "persistent": "true"}, receipt=receipt)
-        except STOMP_ERRORS as exc:
-            failure: str | None = f"send failed: {_why(exc)}"
-        else:
-            failure = None
-        for envelope, receipt in zip(envelopes, receipts, strict=True):
-            problem = _await(tracker, receipt, self.broker.receipt_timeout_s)
+            for envelope in envelopes:
+                receipts.append(_send_with_receipt(conn, envelope))
+        except STOMP_ERRORS as exc:  # the ones sent before may still be confirmed
+            failure = f"send failed: {_why(exc)}"
+        confirmed: list[int] = []
+        for envelope, receipt in zip(envelopes, receipts, strict=False):
+            problem = _await(self._tracker, receipt, self.broker.receipt_timeout_s)
             if problem is not None:
                 raise _BatchFailed(problem, tuple(confirmed))
             confirmed.append(envelope.item_id)
-        if failure is not None:  # the socket failed after the broker had read them all
+        if failure is not None:
             raise _BatchFailed(failure, tuple(confirmed))
 
     def _isolate(self, envelopes: Sequence[Envelope]) -> PublishOutcome:
@@ -379,10 +376,8 @@ class StompPublisher:
                 conn = self._connected()
             except PublishError as exc:
                 raise PublishError(str(exc), confirmed) from exc
-            receipt = f"{envelope.item_id}-{uuid.uuid4().hex[:12]}"
             try:
-                conn.send(envelope.destination, envelope.body,
-                          headers={**envelope.headers, "persistent": "true"}, receipt=receipt)
+                receipt = _send_with_receipt(conn, envelope)
                 problem = _await(self._tracker, receipt, self.broker.receipt_timeout_s)
             except STOMP_ERRORS as exc:
                 problem = f"send failed: {_why(exc)}"
@@ -404,6 +399,14 @@ class StompPublisher:
         conn, self._conn = self._conn, None
         if conn is not None:
             _quietly_disconnect(conn)
+
+
+def _send_with_receipt(conn: stomp.Connection12, envelope: Envelope) -> str:
+    """One persistent SEND asking for a receipt; the receipt's id."""
+    receipt = f"{envelope.item_id}-{uuid.uuid4().hex[:12]}"
+    conn.send(envelope.destination, envelope.body,
+              headers={**envelope.headers, "persistent": "true"}, receipt=receipt)
+    return receipt
 
 
 def _quietly_disconnect(conn: stomp.Connection12, receipt_timeout: float | None = None) -> None:
