@@ -34,15 +34,17 @@ from gateway.relay import Backoff
 log = logging.getLogger(__name__)
 
 
-class _NoConnectWarnings(logging.Filter):
-    """stomp.py warns of each connect that fails; the publisher and the consumer say so
-    themselves, with what they do next (their backoff), so its line would say it twice."""
+class _SaidByTheGateway(logging.Filter):
+    """stomp.py warns of each connect that fails and of each heart-beat timeout; the
+    publisher and the consumer say so themselves, with the broker's address and what they do
+    next (their backoff), so its line would say it twice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("could not connect to host")
+        return not str(record.msg).startswith(("could not connect to host",
+                                               "heartbeat timeout"))
 
 
-logging.getLogger("stomp.py").addFilter(_NoConnectWarnings())  # stomp.py's one logger
+logging.getLogger("stomp.py").addFilter(_SaidByTheGateway())  # stomp.py's one logger
 
 STOMP_ERRORS = (stomp.exception.StompException, OSError)
 
@@ -104,9 +106,14 @@ def _open(broker: BrokerSettings, headers: dict[str, str]) -> tuple[stomp.Connec
     failures = []
     for host, port in broker.endpoints:
         try:
-            return _open_one(broker, host, port, headers)
+            opened = _open_one(broker, host, port, headers)
         except STOMP_ERRORS as exc:
             failures.append(exc)
+            continue
+        if failures:  # the brokers listed before it are down: an operator wants to know
+            log.warning("%s; using %s", "; ".join(map(str, failures)),
+                        endpoint_text(host, port))
+        return opened
     if len(failures) == 1:
         raise failures[0]
     reasons = "; ".join(str(exc).removeprefix("cannot connect to ") for exc in failures)
@@ -148,10 +155,23 @@ def _endpoint_of(conn: stomp.Connection12) -> str:
     return endpoint_text(host, port)
 
 
+def _ended(conn: stomp.Connection12) -> str:
+    """Why a connection ended that nobody closed. stomp.py's heart-beat thread, when nothing
+    came from the broker within the negotiated time (a broker frozen or cut off with the
+    connection open), closes the socket first, which calls on_disconnected, and only then
+    on_heartbeat_timeout: the time since the last frame tells the two apart here."""
+    last = getattr(conn, "received_heartbeat", None)
+    allowed = getattr(conn, "receive_sleep", 0) or 0
+    if last is not None and allowed and time.monotonic() - last > allowed:
+        return f"heart-beat timeout: nothing from {_endpoint_of(conn)} for {allowed:g}s"
+    return f"connection to {_endpoint_of(conn)} lost"
+
+
 class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
     """Collects RECEIPT and ERROR frames, and notices a lost connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, conn: stomp.Connection12 | None = None) -> None:
+        self.conn = conn
         self.cond = threading.Condition()
         self.receipts: set[str] = set()
         self.errors: dict[str, str] = {}
@@ -173,13 +193,14 @@ class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
             self.cond.notify_all()
 
     def on_disconnected(self) -> None:
+        why = _ended(self.conn) if self.conn is not None else "connection lost"
         with self.cond:
-            self.broken = self.broken or "connection lost"
+            self.broken = self.broken or why
             self.cond.notify_all()
 
     def on_heartbeat_timeout(self) -> None:
         with self.cond:
-            self.broken = "heart-beat timeout"
+            self.broken = self.broken or "heart-beat timeout"
             self.cond.notify_all()
 
 
@@ -288,7 +309,7 @@ class StompPublisher:
                                  {"client-id": f"{self.client}-pub-{uuid.uuid4().hex[:8]}"})
         except STOMP_ERRORS as exc:
             raise PublishError(str(exc)) from exc
-        tracker = _Tracker()
+        tracker = _Tracker(conn)
         conn.set_listener("tracker", tracker)
         self._conn, self._tracker = conn, tracker
         # ActiveMQ Classic refuses a transaction's SEND before it answers the COMMIT (its
@@ -456,10 +477,10 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
         self.consumer._inbox.put((self.conn, frame))
 
     def on_disconnected(self) -> None:
-        self.consumer._lost("connection lost")
+        self.consumer._lost(self.conn, _ended(self.conn))
 
     def on_heartbeat_timeout(self) -> None:
-        self.consumer._lost("heart-beat timeout")
+        self.consumer._lost(self.conn, "heart-beat timeout")
 
     def on_error(self, frame: Any) -> None:
         # STOMP 1.2: the broker closes the connection after an ERROR. RabbitMQ keeps it open
@@ -508,7 +529,7 @@ class StompConsumer:
             {"client-id": f"{self.client}-sub-{uuid.uuid4().hex[:8]}"}
         conn, _ = _open(self.broker, headers)
         conn.set_listener("deliveries", _Deliveries(self, conn))
-        self._tracker = _Tracker()
+        self._tracker = _Tracker(conn)
         conn.set_listener("tracker", self._tracker)
         # at most _PREFETCH unacknowledged at a time, in ActiveMQ's word and RabbitMQ's (whose
         # default is no limit: a backlog would all be pushed into the inbox, into memory)
@@ -535,9 +556,13 @@ class StompConsumer:
             self.last_failure = self._error = why
             self._lost_event.set()
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, conn: stomp.Connection12, why: str) -> None:
+        """The connection in use ended (one the consumer let go of, at a stop or after a
+        failure it already said, is no news)."""
+        if conn is not self._conn:
+            return
         if not self._lost_event.is_set():
-            log.warning("consumer %s", why)
+            log.warning("consumer: %s", why)
         self._lost_event.set()
 
     def _deliver(self, conn: stomp.Connection12, frame: Any) -> None:
@@ -576,7 +601,7 @@ class StompConsumer:
         delivers it again, and `run` waits with backoff before it takes messages again (at
         once, the same message would come back and fail as fast as the broker sends it)."""
         self._store_failure = f"store unavailable: {exc}"
-        self._lost("store unavailable")
+        self._lost(conn, "store unavailable")
         _quietly_disconnect(conn)
 
     def _copy(self, conn: stomp.Connection12, headers: dict[str, str], body: bytes) -> None:

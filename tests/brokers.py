@@ -4,8 +4,10 @@ for the compatibility tests, the machine's RabbitMQ with its STOMP plugin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import signal
 import socket
 import ssl
 import subprocess
@@ -156,6 +158,7 @@ class BrokerInstance:
         self.env = {**os.environ, "ACTIVEMQ_BASE": str(base), "STOMP_PORT": str(stomp_port),
                     "OPENWIRE_PORT": str(openwire_port), "ACTIVEMQ_HEAP": "192m", **extra}
         self.stomp_port = stomp_port
+        self.pidfile = base / "activemq.pid"
 
     def _script(self, action: str) -> None:
         subprocess.run([str(SCRIPT), action], env=self.env, check=True, timeout=120,
@@ -168,7 +171,18 @@ class BrokerInstance:
         self._script("kill")
 
     def stop(self) -> None:
+        self.resume()  # a frozen JVM cannot take the TERM that stops it
         self._script("stop")
+
+    def freeze(self) -> None:
+        """SIGSTOP: the broker holds its connections open and answers nothing, heart-beats
+        included (a hung JVM, or a host gone behind a network partition)."""
+        os.kill(int(self.pidfile.read_text()), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(self.pidfile.read_text()), signal.SIGCONT)
 
 
 def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "") -> None:

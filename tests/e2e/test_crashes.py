@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from gateway.translator import Translator
 from tests.brokers import (
     ACTIVEMQ,
     BrokerInstance,
+    connect,
     port_open,
     receive,
     require_broker,
@@ -32,6 +35,7 @@ from tests.brokers import (
     wait_until,
 )
 from tests.conftest import ROOT, SAMPLES
+from tests.on_broker import ConsumerThread, make_service, recording_consumer
 from tests.stores import KINDS, open_store, store_url
 
 pytestmark = pytest.mark.broker
@@ -76,17 +80,17 @@ def crash_settings(settings: Settings, queue: str, **broker: Any) -> Settings:
 
 
 def relay_through_a_kill(s: Settings, store: SqlStoreBase, own_broker: BrokerInstance,
-                         restart: bool) -> int:
+                         restart: bool, freeze: bool = False) -> int:
     """Run the relay until every queued message is confirmed, killing the broker of its own
-    a quarter of the way in (and starting it again after a second if `restart`); returns
-    how many were confirmed when it was killed."""
+    a quarter of the way in (and starting it again after a second if `restart`; freezing it
+    instead if `freeze`); returns how many were confirmed when it was killed."""
     relay = BrokerRelay(store, StompPublisher(s.broker), s.emission, s.broker)
     stop = threading.Event()
     thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
     thread.start()
     try:
         wait_until(lambda: sent(store) >= COUNT // 4, 60, what="a quarter confirmed")
-        own_broker.kill()
+        own_broker.freeze() if freeze else own_broker.kill()
         killed_at = sent(store)
         if restart:
             time.sleep(1.0)
@@ -118,19 +122,91 @@ def test_a_broker_killed_mid_publish_fails_over_to_the_next_and_loses_nothing(
     """broker.host:port is a broker of its own, killed for good a quarter of the way in; the
     relay goes on with the next one listed (the project's broker) and every message is on
     one of the two: those the first had confirmed in its store, the rest on the second."""
-    queue = unique_queue("failover")
+    relay_fails_over(settings, codec, tmp_path, own_broker, freeze=False)
+
+
+def test_a_broker_that_freezes_mid_publish_is_left_for_the_next_and_nothing_is_lost(
+        settings: Settings, codec, tmp_path, own_broker: BrokerInstance,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A broker that stops answering with its connection open (SIGSTOP: no RECEIPT, no
+    heart-beat, no reset) is given up within the heart-beat and receipt deadlines; the relay
+    goes on with the next one listed. Once it runs again it has, at most, what it had
+    confirmed plus the one batch in flight."""
+    with caplog.at_level(logging.INFO):
+        relay_fails_over(settings, codec, tmp_path, own_broker, freeze=True)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    frozen = f"127.0.0.1:{CRASH_STOMP}"
+    # why, once, in the gateway's words; and that it went on with the next broker listed
+    assert any(f"heart-beat timeout: nothing from {frozen} for 1.5s" in m for m in said), said
+    assert not any(m.startswith("heartbeat timeout: diff_receive") for m in said), said
+    assert any(m.startswith(f"cannot connect to {frozen}: no answer to CONNECT")
+               and f"using 127.0.0.1:{ACTIVEMQ.port}" in m for m in said), said
+
+
+def relay_fails_over(settings: Settings, codec, tmp_path: Path, own_broker: BrokerInstance,
+                     freeze: bool) -> None:
+    """The relay's first broker (of its own) killed or frozen a quarter of the way in, the
+    project's broker listed next: every message ends on one of the two, and once the first
+    runs again it holds at least what it had confirmed."""
+    queue = unique_queue("freeze" if freeze else "failover")
     s = crash_settings(settings, queue, failover=(("127.0.0.1", ACTIVEMQ.port),))
     store = SqlStore(f"sqlite:///{tmp_path / 'g.db'}")
     ids = queue_documents(store, s, codec, COUNT)
-    killed_at = relay_through_a_kill(s, store, own_broker, restart=False)
+    failed_at = relay_through_a_kill(s, store, own_broker, restart=False, freeze=freeze)
     second = receive(queue, COUNT + 1000, timeout=60, idle=3.0)
-    own_broker.start()  # what the first confirmed is in its journal
+    # what the first confirmed is in its journal
+    own_broker.resume() if freeze else own_broker.start()
     first = receive(queue, COUNT + 1000, timeout=60, idle=3.0,
                     broker=replace(ACTIVEMQ, port=CRASH_STOMP))
     got = [f.headers["gateway-message-id"] for f in first + second]
-    assert len(first) >= killed_at and second, (len(first), len(second))
+    assert len(first) >= failed_at and second, (len(first), len(second))
     assert set(got) == ids  # every message arrived, on one broker or the other
     assert len(got) - len(set(got)) <= s.broker.max_in_flight  # resends bounded by one window
+
+
+def test_a_consumer_whose_broker_freezes_takes_every_message_once_when_it_runs_again(
+        settings: Settings, codec, tmp_path, own_broker: BrokerInstance,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The consumer's broker stops answering mid-backlog with its connection open (SIGSTOP):
+    the consumer gives the connection up by its heart-beat deadline and tries again with
+    backoff, its CONNECT unanswered; once the broker runs again it takes what is left, and
+    each message is recorded once (those committed whose ACK the frozen broker never read
+    come again and are known)."""
+    queue = unique_queue("consumerfreeze")
+    s = replace(crash_settings(settings, queue),
+                inbound=replace(settings.inbound, enabled=True, destination=queue))
+    service = make_service(s, codec, tmp_path)
+    data = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+    count = 300
+    conn = connect(replace(ACTIVEMQ, port=CRASH_STOMP))
+    try:
+        for i in range(count):
+            conn.send(queue, data.replace(b"<USN>2142426763</USN>", f"<USN>f{i}</USN>".encode()),
+                      headers={"persistent": "true", "gateway-message-id": f"freeze-{i}",
+                               "smileMessageType": "SubscriptionFeaturesChanged"},
+                      receipt=f"r{i}" if i == count - 1 else None)
+        time.sleep(0.5)
+    finally:
+        conn.disconnect(receipt="bye")
+    outcomes: list[str] = []
+    with caplog.at_level(logging.INFO), ConsumerThread(recording_consumer(s, service, outcomes)):
+        wait_until(lambda: len(outcomes) >= count // 5, 60, what="a fifth taken")
+        own_broker.freeze()
+        frozen_at = len(outcomes)
+        time.sleep(4 * s.broker.heartbeat_ms / 1000)
+        assert len(outcomes) < count, "the freeze came too late to test anything"
+        own_broker.resume()
+        wait_until(lambda: outcomes.count("accepted") == count, 90, interval=0.2,
+                   what="every message recorded")
+        time.sleep(1.0)  # what the broker delivers again, it delivers now
+    assert frozen_at < count
+    assert outcomes.count("accepted") == count, Counter(outcomes)
+    assert set(outcomes) <= {"accepted", "duplicate"}, Counter(outcomes)
+    assert service.store.dead_letters() == []
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(f"heart-beat timeout: nothing from 127.0.0.1:{CRASH_STOMP} for 1.5s" in m
+               for m in said), said
+    assert len([m for m in said if "connection" in m or "heart-beat" in m]) == 1, said
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,6 +6,7 @@ ActiveMQ has (JMS clients, its own refusals)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -491,6 +492,23 @@ def test_a_poison_message_does_not_loop(settings, codec, tmp_path, broker) -> No
     [dead] = service.store.dead_letters()
     assert "a bug in the handler" in dead["reason"]
     assert receive(queue, 1, timeout=2, broker=broker) == []
+
+
+def test_a_consumer_stopped_says_nothing_is_wrong(settings, codec, tmp_path, broker,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A stop closes the connection the consumer was using: that is no lost connection."""
+    queue = unique_queue("cleanstop")
+    s = make_settings(settings, queue, broker)
+    service = make_service(s, codec, tmp_path)
+    outcomes: list[str] = []
+    with caplog.at_level(logging.INFO), ConsumerThread(recording_consumer(s, service, outcomes)):
+        send(queue, (SAMPLES / "SubscriptionActivated.xml").read_bytes(),
+             {"smileMessageType": "SubscriptionActivated"}, broker=broker)
+        wait_until(lambda: outcomes == ["accepted"], 30, what="the consumed message")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name.startswith(("adapters", "stomp"))]
+    assert ("INFO", "consumer stopped") in said
+    assert [m for level, m in said if level in ("WARNING", "ERROR")] == []
 
 
 def test_a_store_failure_leaves_the_message_on_the_broker(settings, codec, tmp_path, broker) -> None:
