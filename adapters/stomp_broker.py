@@ -500,9 +500,12 @@ class StompConsumer:
 
     `ack:client-individual`: a message is acknowledged only after the handler returned,
     which the service does only after the store committed (or recorded a dead letter).
-    When the handler raises StoreError, nothing is acked and the connection is dropped, so
-    the broker redelivers. A topic gets a durable subscription. The handler runs on the
-    thread that runs `run`, one message after another.
+    When the handler raises StoreError, nothing is acked and the same delivery is handed to
+    it again with backoff, on the same connection, until the store takes it (or the
+    connection goes, or the consumer stops: then the broker delivers it again). Giving it
+    back at each failure would spend its deliveries: a RabbitMQ quorum queue drops a message
+    after its x-delivery-limit, ActiveMQ Artemis moves it to its DLQ. A topic gets a durable
+    subscription. The handler runs on the thread that runs `run`, one message after another.
     """
 
     def __init__(self, broker: BrokerSettings, inbound: InboundSettings, handler: Handler,
@@ -520,7 +523,6 @@ class StompConsumer:
         # why it could not connect or the broker refused it, until it could again
         self.last_failure: str | None = None
         self._error: str | None = None  # the broker's ERROR that ended this connection
-        self._store_failure: str | None = None  # the store error that ended it
         self._tracker = _Tracker()  # the connection's receipts (a dead letter's copy)
 
     def _connect(self) -> None:
@@ -565,44 +567,63 @@ class StompConsumer:
             log.warning("consumer: %s", why)
         self._lost_event.set()
 
-    def _deliver(self, conn: stomp.Connection12, frame: Any) -> None:
+    def _deliver(self, conn: stomp.Connection12, frame: Any, stop: threading.Event) -> None:
         headers = {str(k): str(v) for k, v in frame.headers.items()}
         body = frame.body if isinstance(frame.body, bytes) else str(frame.body).encode()
-        try:
-            outcome = self.handler(headers, body)
-        except StoreError as exc:
-            log.error("store unavailable, leaving message-id=%s unacknowledged: %s",
-                      headers.get("message-id"), exc,
-                      extra={"message_id": headers.get("message-id")})
-            self._store_down(conn, exc)
-            return
-        except Exception as exc:  # a bug must not make a message loop forever
-            log.exception("handler failed on message-id=%s", headers.get("message-id"),
-                          extra={"message_id": headers.get("message-id")})
+        message_id = headers.get("message-id")
+        backoff: Backoff | None = None
+        while True:
             try:
-                self.poison(headers, body, f"handler failed: {exc!r}")
-                outcome = "dead-letter"
-            except StoreError as store_exc:
-                self._store_down(conn, store_exc)
-                return
+                outcome = self._handle(headers, body)
+                break
+            except StoreError as exc:
+                if backoff is None:
+                    log.error("store unavailable, leaving message-id=%s unacknowledged: %s",
+                              message_id, exc, extra={"message_id": message_id})
+                    backoff = Backoff(self.broker.reconnect_initial_s,
+                                      self.broker.reconnect_max_s)
+                delay = backoff.next_delay()
+                log.warning("consumer: %s; taking messages again in %.1fs",
+                            exc if str(exc).startswith("store unavailable") else
+                            f"store unavailable: {exc}", delay)
+                if not self._pause(stop, delay):
+                    return  # not acked: the broker delivers it again, to whoever comes next
+        if backoff is not None:
+            log.info("store available again: message-id=%s taken", message_id,
+                     extra={"message_id": message_id})
         try:
             conn.ack(headers.get("ack") or headers.get("message-id", ""))
             self.outcomes[outcome] += 1
         except STOMP_ERRORS as exc:
             # not acked: the broker redelivers and the dedupe key makes it a no-op
-            log.warning("ack failed message-id=%s: %s", headers.get("message-id"), exc,
-                        extra={"message_id": headers.get("message-id")})
+            log.warning("ack failed message-id=%s: %s", message_id, exc,
+                        extra={"message_id": message_id})
             return
         if outcome == "dead-letter" and self.inbound.dead_letter_destination:
             self._copy(conn, headers, body)
 
-    def _store_down(self, conn: stomp.Connection12, exc: StoreError) -> None:
-        """Leave the message unacknowledged: the connection goes, so that the broker
-        delivers it again, and `run` waits with backoff before it takes messages again (at
-        once, the same message would come back and fail as fast as the broker sends it)."""
-        self._store_failure = f"store unavailable: {exc}"
-        self._lost(conn, "store unavailable")
-        _quietly_disconnect(conn)
+    def _handle(self, headers: dict[str, str], body: bytes) -> str:
+        """The handler's outcome; a handler that fails unexpectedly makes the message a
+        dead letter (a bug must not make a message loop forever). Raises StoreError."""
+        try:
+            return self.handler(headers, body)
+        except StoreError:
+            raise
+        except Exception as exc:
+            log.exception("handler failed on message-id=%s", headers.get("message-id"),
+                          extra={"message_id": headers.get("message-id")})
+            self.poison(headers, body, f"handler failed: {exc!r}")
+            return "dead-letter"
+
+    def _pause(self, stop: threading.Event, delay: float) -> bool:
+        """Wait `delay`; False, sooner, if the consumer stops or its connection goes."""
+        deadline = time.monotonic() + delay
+        while not stop.is_set() and not self._lost_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            stop.wait(min(left, 0.2))
+        return False
 
     def _copy(self, conn: stomp.Connection12, headers: dict[str, str], body: bytes) -> None:
         """The dead letter's copy to inbound.dead_letter_destination, after the ack (the
@@ -654,9 +675,9 @@ class StompConsumer:
                     continue
                 if conn is self._conn:
                     delivered = True
-                    self._deliver(conn, frame)
-                    if self._store_failure is None and refused is None:
-                        backoff.reset()  # the store took one: a failure after starts over
+                    self._deliver(conn, frame, stop)
+                    if refused is None:
+                        backoff.reset()  # a message came: a failure after starts over
             conn, self._conn = self._conn, None
             if conn is not None:
                 _quietly_disconnect(conn, self.broker.receipt_timeout_s if stop.is_set()
@@ -664,14 +685,7 @@ class StompConsumer:
             self._forget_queued()
             error, self._error = self._error, None
             refused = error
-            store_failure, self._store_failure = self._store_failure, None
-            if store_failure is not None:
-                if not stop.is_set():
-                    delay = backoff.next_delay()
-                    log.warning("consumer: %s; taking messages again in %.1fs", store_failure,
-                                delay)
-                    stop.wait(delay)
-            elif error is None:
+            if error is None:
                 lasted = time.monotonic() - connected_at
                 if delivered or lasted >= self.broker.reconnect_max_s:
                     backoff.reset()  # a connection lost, not refused: reconnect at once

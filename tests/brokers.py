@@ -76,11 +76,17 @@ def unique_queue(name: str) -> str:
 def rabbitmq_single_active_queue(name: str) -> str:
     """A durable queue declared on the machine's RabbitMQ with x-single-active-consumer, as an
     operator declares it beforehand (rabbitmqadmin, a definitions file): its /amq/queue/
-    destination, which STOMP uses without declaring it again. Named test.*, so that
-    `scripts/rabbitmq-stomp.sh stop` removes it."""
+    destination, which STOMP uses without declaring it again."""
+    return rabbitmq_queue(name, '{<<"x-single-active-consumer">>, bool, true}')
+
+
+def rabbitmq_queue(name: str, *arguments: str) -> str:
+    """A durable queue declared on the machine's RabbitMQ with `arguments` (Erlang terms:
+    `{<<"x-queue-type">>, longstr, <<"quorum">>}`), its /amq/queue/ destination. Named
+    test.*, so that `scripts/rabbitmq-stomp.sh stop` removes it."""
     queue = f"test.{name}.{uuid.uuid4().hex[:10]}"
     declare = (f'rabbit_amqqueue:declare(rabbit_misc:r(<<"/">>, queue, <<"{queue}">>), true, '
-               'false, [{<<"x-single-active-consumer">>, bool, true}], none, <<"guest">>).')
+               f'false, [{", ".join(arguments)}], none, <<"guest">>).')
     subprocess.run(["rabbitmqctl", "-q", "eval", declare], check=True, capture_output=True,
                    timeout=60)
     return f"/amq/queue/{queue}"
