@@ -568,6 +568,30 @@ def test_a_store_outage_longer_than_a_queues_delivery_limit_loses_nothing(
     assert len(tries) > 3  # more tries than the queue allows deliveries
 
 
+def test_a_consumer_stopped_while_the_store_is_down_stops_at_once_and_leaves_the_message(
+        settings, codec, tmp_path, broker) -> None:
+    queue = unique_queue("downstop")
+    s = make_settings(settings, queue, broker)
+    s = replace(s, broker=replace(s.broker, reconnect_initial_s=30.0, reconnect_max_s=30.0))
+    tries: list[float] = []
+
+    def store_down(headers, body):
+        tries.append(time.monotonic())
+        raise StoreError("disk full")
+
+    consumer = StompConsumer(s.broker, s.inbound, store_down, lambda h, b, r: None)
+    with ConsumerThread(consumer) as running:
+        send(queue, b"<x/>", {"gateway-message-id": "kept-1"}, broker=broker)
+        wait_until(lambda: tries, 30, what="the first try")
+        running.stop.set()
+        running.thread.join(timeout=5)
+        stopped = time.monotonic()
+        assert not running.thread.is_alive(), "the stop waited for the 30 s backoff"
+    assert len(tries) == 1 and stopped - tries[0] < 5
+    [frame] = receive(queue, 1, timeout=10, broker=broker)  # unacknowledged: still there
+    assert frame.headers["gateway-message-id"] == "kept-1"
+
+
 def through_a_store_outage(settings, codec, tmp_path, broker: Broker,
                            queue: str) -> tuple[list[dict[str, str]], StompConsumer]:
     """One message consumed from `queue` while the store fails for 3 s, then recorded: the
