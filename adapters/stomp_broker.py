@@ -155,16 +155,17 @@ def _endpoint_of(conn: stomp.Connection12) -> str:
     return endpoint_text(host, port)
 
 
-def _ended(conn: stomp.Connection12) -> str:
-    """Why a connection ended that nobody closed. stomp.py's heart-beat thread, when nothing
-    came from the broker within the negotiated time (a broker frozen or cut off with the
-    connection open), closes the socket first, which calls on_disconnected, and only then
-    on_heartbeat_timeout: the time since the last frame tells the two apart here."""
+def _ended(conn: stomp.Connection12, where: str) -> str:
+    """Why a connection to `where` (its address: stomp.py forgets it as the socket closes)
+    ended that nobody closed. stomp.py's heart-beat thread, when nothing came from the broker
+    within the negotiated time (a broker frozen or cut off with the connection open), closes
+    the socket first, which calls on_disconnected, and only then on_heartbeat_timeout: the
+    time since the last frame tells the two apart here."""
     last = getattr(conn, "received_heartbeat", None)
     allowed = getattr(conn, "receive_sleep", 0) or 0
     if last is not None and allowed and time.monotonic() - last > allowed:
-        return f"heart-beat timeout: nothing from {_endpoint_of(conn)} for {allowed:g}s"
-    return f"connection to {_endpoint_of(conn)} lost"
+        return f"heart-beat timeout: nothing from {where} for {allowed:g}s"
+    return f"connection to {where} lost"
 
 
 class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
@@ -172,6 +173,7 @@ class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
 
     def __init__(self, conn: stomp.Connection12 | None = None) -> None:
         self.conn = conn
+        self.where = _endpoint_of(conn) if conn is not None else ""
         self.cond = threading.Condition()
         self.receipts: set[str] = set()
         self.errors: dict[str, str] = {}
@@ -193,7 +195,7 @@ class _Tracker(stomp.ConnectionListener):  # type: ignore[misc]
             self.cond.notify_all()
 
     def on_disconnected(self) -> None:
-        why = _ended(self.conn) if self.conn is not None else "connection lost"
+        why = _ended(self.conn, self.where) if self.conn is not None else "connection lost"
         with self.cond:
             self.broken = self.broken or why
             self.cond.notify_all()
@@ -472,12 +474,13 @@ class _Deliveries(stomp.ConnectionListener):  # type: ignore[misc]
     def __init__(self, consumer: StompConsumer, conn: stomp.Connection12) -> None:
         self.consumer = consumer
         self.conn = conn
+        self.where = _endpoint_of(conn)
 
     def on_message(self, frame: Any) -> None:
         self.consumer._inbox.put((self.conn, frame))
 
     def on_disconnected(self) -> None:
-        self.consumer._lost(self.conn, _ended(self.conn))
+        self.consumer._lost(self.conn, _ended(self.conn, self.where))
 
     def on_heartbeat_timeout(self) -> None:
         self.consumer._lost(self.conn, "heart-beat timeout")
