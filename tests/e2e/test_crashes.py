@@ -1,4 +1,5 @@
-"""Nothing is lost when the broker or the gateway is SIGKILLed in the middle of publishing."""
+"""Nothing is lost when the broker or the gateway is SIGKILLed in the middle of publishing, or
+the broker frozen (SIGSTOP) in the middle of publishing or consuming."""
 
 from __future__ import annotations
 
