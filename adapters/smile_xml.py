@@ -79,6 +79,9 @@ _FRIENDLY_TYPES = {
     f"'{_NS}NonEmptyToken'": "'NonEmptyToken' (expected non-empty text)",
 }
 _POSITION_SUFFIX = re.compile(r"(, line \d+)?, line \d+, column \d+$")
+# libxml2's limits name the option that lifts them, which a sender cannot set: say the limit.
+_LIMIT_HINT = re.compile(r",? use XML_PARSE_HUGE option")
+_DEPTH = re.compile(r"Excessive depth in document: (\d+)")
 _DOCTYPE_REFUSED = "a DOCTYPE is not allowed (DTDs and entities are refused)"
 # The prolog: BOM, XML declaration, comments, processing instructions, white space; then DOCTYPE.
 _PROLOG_DOCTYPE = re.compile(
@@ -98,6 +101,11 @@ def _friendly(message: str) -> str:
     if message.endswith(_NO_ROOT):
         message = f"{message[:-1]}: {_ROOTS_EXPECTED}."
     return message.replace(_NS, "")
+
+
+def _syntax_message(message: str) -> str:
+    message = _LIMIT_HINT.sub("", _POSITION_SUFFIX.sub("", message))
+    return _DEPTH.sub(r"elements nested more than \1 levels deep", message)
 
 
 def _local(tag: object) -> str:
@@ -226,7 +234,7 @@ class SmileXmlCodec:
             root = etree.fromstring(data, self._parser())
         except etree.XMLSyntaxError as exc:
             line, column = exc.position if exc.position else (1, 1)
-            message = "not well-formed: " + _POSITION_SUFFIX.sub("", exc.msg or str(exc))
+            message = "not well-formed: " + _syntax_message(exc.msg or str(exc))
             raise DocumentParseError(
                 message, [Violation(line or 1, column or 1, "", message)]) from exc
         except ValueError as exc:  # e.g. a str with an encoding declaration

@@ -47,6 +47,7 @@ EXPECTED = {
     "feature-id-not-integer.xml": (22, "/ActiveFeatures/Feature/FeatureId", "'F-1'"),
     "missing-plan-schedule-item.xml": (21, "/PlanScheduleItems", "Expected is ( PlanScheduleItem )"),
     "missing-usn.xml": (4, "/Subscription/SID", "Expected is ( USN )"),
+    "nested-too-deep.xml": (12, "", "not well-formed: elements nested more than 256 levels deep"),
     "not-utf8.xml": (6, "", "Invalid bytes in character encoding"),
     "oversize.xml": (1, "", "over the limit of 1048576"),
     "property-without-name.xml": (10, "/Properties/Object/String", "attribute 'name' is required"),
