@@ -63,6 +63,18 @@ _NOT_CHARSETS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "puny
 _UNMARKED = {"utf-16": "utf-16-be", "utf-32": "utf-32-be"}
 # The declaration's encoding in a document's text, to rewrite it.
 _ENCODING_DECLARED = re.compile(r"\A(<\?xml[^>]*?\sencoding\s*=\s*)[\"'][^\"']*[\"']")
+# ActiveMQ keeps a JMS TextMessage's text in Java's own UTF-8, in which a character beyond
+# U+FFFF is its two UTF-16 halves of three bytes each (CESU-8): a JMS client reading UTF-8's
+# four-byte form fails (UTFDataFormatException), and a Java sender's pair is no UTF-8 to XML.
+_BEYOND_FFFF = re.compile(rb"[\xf0-\xf4][\x80-\xbf]{3}")
+_FOUR_BYTE_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")
+# What a character reference cannot stand in: a CDATA section, a comment or PI (where it is
+# only text), a tag's names outside its quoted values; and a character beyond U+FFFF.
+_MARKUP_OR_BEYOND_FFFF = re.compile(
+    rb"<!\[CDATA\[(?P<cdata>.*?)\]\]>|<!--.*?-->|<\?.*?\?>|(?P<tag><[^>]*>)|"
+    rb"[\xf0-\xf4][\x80-\xbf]{3}", re.S)
+_QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
+_JAVA_PAIR = re.compile(rb"\xed([\xa0-\xaf])([\x80-\xbf])\xed([\xb0-\xbf])([\x80-\xbf])")
 _NS = "{" + SMILE_NS + "}"
 _NSMAP = {None: SMILE_NS}
 
@@ -149,6 +161,49 @@ def _column(data: bytes, line: int, name: str) -> int:
     if match is None:
         return 1
     return len(text[: match.start()].decode("utf-8", "replace")) + 1
+
+
+def _reference(match: re.Match[bytes]) -> bytes:
+    return b"&#x%X;" % ord(match[0].decode("utf-8"))
+
+
+def _beyond_ffff_referenced(data: bytes) -> bytes:
+    """UTF-8 `data` with each character beyond U+FFFF written as a character reference, which
+    any XML reader takes as the character itself: in text and in attribute values; a CDATA
+    section is left for the reference and taken up again after it. In a comment or PI the
+    reference is only text (neither is data); a name keeps its character, there is no other
+    way to write it. `data` itself when it holds none (nearly always)."""
+    if not any(lead in data for lead in _FOUR_BYTE_LEADS):  # five memchr, not a regex scan
+        return data
+
+    def written(match: re.Match[bytes]) -> bytes:
+        if match["cdata"] is not None:
+            inner = _BEYOND_FFFF.sub(lambda m: b"]]>" + _reference(m) + b"<![CDATA[",
+                                     match["cdata"])
+            return b"<![CDATA[" + inner + b"]]>"
+        if match["tag"] is not None:
+            return _QUOTED.sub(lambda q: _BEYOND_FFFF.sub(_reference, q[0]), match["tag"])
+        if match[0].startswith(b"<"):  # a comment or PI
+            return _BEYOND_FFFF.sub(_reference, match[0])
+        return _reference(match)
+
+    return _MARKUP_OR_BEYOND_FFFF.sub(written, data)
+
+
+def _joined(match: re.Match[bytes]) -> bytes:
+    """One character beyond U+FFFF from its two Java (CESU-8) halves, in UTF-8."""
+    a, b, c, d = (byte[0] & 0x3F for byte in match.groups())
+    high = 0xD000 | (a << 6) | b
+    low = 0xD000 | (c << 6) | d
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)).encode("utf-8")
+
+
+def _says_utf8(data: bytes) -> bool:
+    """Whether a document starts in ASCII, without a byte order mark, and is UTF-8 as its
+    declaration says (or by having none)."""
+    declared = _UTF8_PROLOG.match(data)
+    return declared is not None and (
+        declared["encoding"] or b"UTF-8").upper() in (b"UTF-8", b"UTF8")
 
 
 def _codec_name(encoding: bytes) -> str | None:
@@ -314,8 +369,7 @@ class SmileXmlCodec:
         # frame), and a JSON view is text: such a document is read in its encoding and
         # written in UTF-8, its declaration saying so, nothing else changed. Where Python
         # does not know the encoding's name, the parsed tree is written out instead.
-        declared = _UTF8_PROLOG.match(data)
-        if declared and (declared["encoding"] or b"UTF-8").upper() in (b"UTF-8", b"UTF8"):
+        if _says_utf8(data):
             return data  # the common case, without a parse
         tree = etree.fromstring(data, self._parser()).getroottree()
         marked = [name for mark, name in _BYTE_ORDER_MARKS if data.startswith(mark)]
@@ -350,6 +404,17 @@ class SmileXmlCodec:
             raise DocumentParseError(message, [Violation(line, column, "", message)]) from exc
         return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
 
+    def text_message(self, data: bytes) -> bytes:
+        return _beyond_ffff_referenced(self.utf8(data))
+
+    def delivered(self, data: bytes) -> bytes:
+        # Only where the document is to be read as UTF-8: there two such halves are never
+        # UTF-8, so nothing a reader took before is read otherwise now.
+        if b"\xed" not in data:
+            return data
+        utf8 = data.startswith(codecs.BOM_UTF8) or _says_utf8(data)
+        return _JAVA_PAIR.sub(_joined, data) if utf8 else data
+
     # -- writing ----------------------------------------------------------------------------
 
     def build_tree(self, document: Document) -> etree._Element:
@@ -357,8 +422,8 @@ class SmileXmlCodec:
 
     def encode(self, document: Document) -> bytes:
         root = _write_document(document)
-        data: bytes = _DECLARATION + etree.tostring(
-            root, xml_declaration=False, encoding="UTF-8", pretty_print=True)
+        data: bytes = _beyond_ffff_referenced(_DECLARATION + etree.tostring(
+            root, xml_declaration=False, encoding="UTF-8", pretty_print=True))
         found = self.violations(root, data)
         if found:
             raise DocumentInvalidError(

@@ -27,7 +27,8 @@ class Codec(Protocol):
         ...
 
     def encode(self, document: Document) -> bytes:
-        """Render UTF-8 bytes, validated; deterministic for equal documents."""
+        """Render UTF-8 bytes, validated; deterministic for equal documents. A character
+        beyond U+FFFF is written as a character reference (see `text_message`)."""
         ...
 
     def feature_ids(self, data: bytes) -> frozenset[int]:
@@ -37,6 +38,20 @@ class Codec(Protocol):
     def utf8(self, data: bytes) -> bytes:
         """A well-formed document in UTF-8, its declaration saying so: `data` itself when it
         is already."""
+        ...
+
+    def text_message(self, data: bytes) -> bytes:
+        """A valid document as the bus carries it, a JMS TextMessage: `utf8(data)`, with each
+        character beyond U+FFFF written as a character reference (ActiveMQ's JMS clients read
+        a TextMessage in Java's own UTF-8, which has no four-byte form): `data` itself when
+        there is nothing to change."""
+        ...
+
+    def delivered(self, data: bytes) -> bytes:
+        """A document as a broker delivered it, in UTF-8: a Java sender's TextMessage comes in
+        Java's own UTF-8, which writes a character beyond U+FFFF as its two UTF-16 halves
+        (CESU-8, never UTF-8); in a document read as UTF-8 those are joined. `data` itself
+        otherwise."""
         ...
 
     def labelled(self, data: bytes, charset: str) -> bytes:

@@ -353,7 +353,7 @@ class GatewayService:
         dedupe_key = f"broker:{key}" if key else None
         message_type = headers.get("smileMessageType") or None
         charset = _charset(headers.get("content-type", ""))
-        data = self.codec.labelled(body, charset) if charset else body
+        data = self.codec.labelled(body, charset) if charset else self.codec.delivered(body)
         return self._accept(data, message_type, headers, dedupe_key, "smile", came_at)
 
     def replay_dead_letter(self, letter_id: int, force: bool = False) -> LetterReplay:
@@ -398,7 +398,7 @@ class GatewayService:
             raise MappingError(f"unknown smileMessageType {message_type!r}", MESSAGE_TYPES)
         correlation = correlation_id or str(uuid.uuid4())
         decoded = [self.codec.decode(data) for data in documents]  # every one valid, or none
-        documents = [self.codec.utf8(data) for data in documents]  # the bus carries UTF-8 text
+        documents = [self.codec.text_message(data) for data in documents]  # the bus carries text
         items: list[NewOutboxItem] = []
 
         def decide(record: SubscriptionRecord | None, ids: RequestIds) -> Decision:

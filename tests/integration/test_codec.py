@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -378,3 +379,67 @@ def test_a_utf8_document_is_handed_back_as_it_is(codec) -> None:
     assert codec.utf8(data) is data
     bare = data.split(b"?>", 1)[1].lstrip()  # no declaration at all
     assert codec.utf8(bare) is bare
+
+
+# ActiveMQ keeps a JMS TextMessage's text in Java's own UTF-8 ("modified UTF-8"): a character
+# beyond U+FFFF is two UTF-16 halves of three bytes each (CESU-8), and a JMS client's getText()
+# fails on UTF-8's four-byte form (UTFDataFormatException). Both measured on Debian's
+# ActiveMQ 5.17 (test_stomp_broker.py takes them through the broker).
+GRIN = "\U0001F600"
+GRIN_JAVA = b"\xed\xa0\xbd\xed\xb8\x80"  # U+1F600 as a Java sender's TextMessage carries it
+
+
+def _four_byte_characters(data: bytes) -> list[bytes]:
+    return re.findall(rb"[\xf0-\xf4][\x80-\xbf]{3}", data)
+
+
+def test_a_rendered_document_writes_characters_beyond_u_ffff_as_references(codec) -> None:
+    document = codec.decode((SAMPLES / "SubscriptionActivated.xml").read_bytes())
+    sub = document.subscription
+    document = replace(document, subscription=replace(
+        sub, service_name=f"Home {GRIN} broadband",
+        properties=(Property(PropertyType.STRING, "username", f"kim{GRIN}"),)))
+    data = codec.encode(document)
+    assert _four_byte_characters(data) == []
+    assert b"<ServiceName>Home &#x1F600; broadband</ServiceName>" in data
+    assert b'<String name="username">kim&#x1F600;</String>' in data
+    assert codec.decode(data) == document
+    assert "Café".encode() in codec.encode(replace(document, subscription=replace(
+        sub, service_name="Café")))  # the rest of Unicode stays UTF-8
+
+
+def test_a_document_for_the_bus_writes_characters_beyond_u_ffff_as_references(codec) -> None:
+    text = DOC_TEXT.replace("Café broadband", f"Café {GRIN} broadband").replace(
+        '<String name="username">kim@example.org</String>',
+        f'<String name="u{GRIN}" >kim<![CDATA[<{GRIN}>{GRIN}]]>@example.org</String>'
+        f"<!-- {GRIN} -->")
+    data = text.encode("utf-8")
+    sent = codec.text_message(data)
+    assert _four_byte_characters(sent) == []
+    assert b"<ServiceName>Caf\xc3\xa9 &#x1F600; broadband" in sent
+    # an attribute's value, a CDATA section (left for the reference, then taken up again),
+    # and a comment, which holds no references: there the reference is only text
+    assert (b'<String name="u&#x1F600;" >kim<![CDATA[<]]>&#x1F600;<![CDATA[>]]>&#x1F600;'
+            b"<![CDATA[]]>@example.org</String><!-- &#x1F600; -->") in sent
+    assert codec.decode(sent) == codec.decode(data)
+    latin = text.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').replace(GRIN, "")
+    assert codec.text_message(latin.encode("latin-1")) == codec.utf8(latin.encode("latin-1"))
+    plain = DOC_TEXT.encode("utf-8")
+    assert codec.text_message(plain) is plain
+
+
+def test_a_java_senders_text_is_read_in_utf8(codec) -> None:
+    text = DOC_TEXT.replace("Café broadband", f"Café {GRIN} broadband")
+    java = text.encode("utf-8").replace(GRIN.encode("utf-8"), GRIN_JAVA)
+    with pytest.raises(DocumentParseError):
+        codec.decode(java)  # not UTF-8 as XML reads it
+    assert codec.delivered(java) == text.encode("utf-8")
+    plain = text.encode("utf-8")
+    assert codec.delivered(plain) is plain
+    # half a pair is no character in any encoding: left as it came, and refused
+    lone = plain.replace(GRIN.encode("utf-8"), GRIN_JAVA[:3])
+    assert codec.delivered(lone) == lone
+    # a document that says it is in another encoding is read in that one
+    latin = text.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').replace(
+        GRIN, "\xed\xa0\xbd\xed\xb8\x80").encode("latin-1")
+    assert codec.delivered(latin) == latin

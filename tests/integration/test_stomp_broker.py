@@ -7,6 +7,7 @@ ActiveMQ has (JMS clients, its own refusals)."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -115,16 +116,35 @@ def test_a_state_change_arrives_with_every_header(settings: Settings, codec, tmp
     assert statuses == {SENT}
 
 
-def test_a_jms_listener_gets_text_messages_with_string_properties(settings, codec, tmp_path,
-                                                                  activemq) -> None:
+JMS_LIBS = "/usr/share/activemq/lib/*"
+
+
+@pytest.fixture(scope="module")
+def jms(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """How to run the Smile-side JMS programs of tests/jms (a listener, a sender), compiled
+    once: the java command and its class path."""
     javac, java = shutil.which("javac"), shutil.which("java")
     if not javac or not java:
-        pytest.fail("javac and java are needed for the JMS listener (the JDK is on the machine)")
-    classes = tmp_path / "classes"
-    classes.mkdir()
-    cp = "/usr/share/activemq/lib/*"
-    probe = Path(__file__).resolve().parent.parent / "jms" / "JmsProbe.java"
-    subprocess.run([javac, "-cp", cp, "-d", str(classes), str(probe)], check=True, timeout=120)
+        pytest.fail("javac and java are needed for the JMS programs (the JDK is on the machine)")
+    classes = tmp_path_factory.mktemp("jms-classes")
+    sources = sorted(str(p) for p in (Path(__file__).resolve().parent.parent / "jms").glob("*.java"))
+    subprocess.run([javac, "-cp", JMS_LIBS, "-d", str(classes), *sources], check=True, timeout=120)
+    return [java, "-cp", f"{JMS_LIBS}:{classes}"]
+
+
+def jms_receive(jms: list[str], queue: str, count: int) -> list[dict[str, Any]]:
+    """What a JMS listener gets from `queue`: per message its class, properties and text."""
+    import json
+
+    done = subprocess.run([*jms, "JmsProbe", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
+                           queue.removeprefix("/queue/"), str(count), "10000"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # a getText() that fails says why here
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_a_jms_listener_gets_text_messages_with_string_properties(settings, codec, tmp_path,
+                                                                  activemq, jms) -> None:
     queue = unique_queue("jms")
     s = make_settings(settings, queue, activemq)
     service = make_service(s, codec, tmp_path)
@@ -136,13 +156,7 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
     relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
     relay.drain(time.time() + 30)
     relay.publisher.close()
-    done = subprocess.run([java, "-cp", f"{cp}:{classes}", "JmsProbe",
-                           f"tcp://127.0.0.1:{OPENWIRE_PORT}", queue.removeprefix("/queue/"),
-                           "2", "10000"], capture_output=True, text=True, timeout=60,
-                          check=True)
-    import json
-
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    lines = jms_receive(jms, queue, 2)
     assert [m["class"] for m in lines] == ["TextMessage", "TextMessage"]
     for m in lines:
         props = m["properties"]
@@ -151,6 +165,67 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
         assert m["text"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
     assert lines[0]["properties"]["smileMessageType"][1] == "SubscriptionProvisioned"
     assert [m["correlationId"] for m in lines] == [event_id] * 2
+
+
+GRIN = "\U0001F600"  # beyond U+FFFF: four bytes in UTF-8, two halves of three in Java's
+
+
+def test_a_jms_listener_reads_a_character_beyond_u_ffff_the_gateway_sent(
+        settings, codec, tmp_path, activemq, jms) -> None:
+    """A JMS client reads a TextMessage in Java's own UTF-8, which has no four-byte form:
+    getText() failed on such a character (UTFDataFormatException). Rendered or published as
+    it is, the gateway writes it as a character reference."""
+    queue = unique_queue("jms-grin")
+    s = make_settings(settings, queue, activemq)
+    service = make_service(s, codec, tmp_path)
+    data = (SAMPLES / "SubscriptionReadyToProvision.xml").read_text("utf-8")
+    name = re.search(r"<ServiceName>(.*?)</ServiceName>", data)[1]  # type: ignore[index]
+    grinning = data.replace(name, f"{name} {GRIN}").encode("utf-8")
+    service.accept_smile_document(grinning, "SubscriptionReadyToProvision",
+                                  {"provisionRequestId": "4242"})
+    usn = re.search(r"<USN>(.*?)</USN>", data)[1]  # type: ignore[index]
+    service.apply_state_change(StateChange("evt-grin", usn, "subscription", "activating"))
+    service.publish_documents("SubscriptionReadyToProvision", [grinning])
+    relay = BrokerRelay(service.store, StompPublisher(s.broker), s.emission, s.broker)
+    assert relay.drain(time.time() + 30) == 3
+    relay.publisher.close()
+    lines = jms_receive(jms, queue, 3)
+    assert [m["class"] for m in lines] == ["TextMessage"] * 3
+    assert [m["properties"]["smileMessageType"][1] for m in lines] == [
+        "SubscriptionProvisioned", "SubscriptionProvisionResponse", "SubscriptionReadyToProvision"]
+    for m in (lines[0], lines[2]):  # rendered, and published as it was
+        assert f"<ServiceName>{name} &#x1F600;</ServiceName>" in m["text"]
+
+
+def test_a_java_senders_character_beyond_u_ffff_is_recorded(settings, codec, tmp_path,
+                                                            activemq, jms) -> None:
+    """ActiveMQ hands a Java sender's TextMessage to STOMP in Java's own UTF-8: a character
+    beyond U+FFFF as two three-byte halves, which XML refused as not UTF-8 (a dead letter)."""
+    queue = unique_queue("jms-in")
+    s = make_settings(settings, queue, activemq)
+    service = make_service(s, codec, tmp_path)
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+        "Home broadband", f"Home {GRIN} broadband")
+    document = tmp_path / "grin.xml"
+    document.write_text(text, "utf-8")
+    outcomes: list[str] = []
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        subprocess.run([*jms, "JmsSend", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
+                        queue.removeprefix("/queue/"), str(document),
+                        "smileMessageType=SubscriptionActivated", "usn=2142426765", "sid=175"],
+                       check=True, capture_output=True, timeout=60)
+        wait_until(lambda: len(outcomes) == 1, 20, what="the Java sender's message")
+    assert outcomes == ["accepted"], service.store.dead_letters()
+    assert service.store.subscription("2142426765").snapshot == text.encode("utf-8")
+    assert f"Home {GRIN} broadband" in service.subscription_view("2142426765")["snapshot"]
+    # one that an earlier gateway refused is recorded when its dead letter is replayed
+    other = text.replace("2142426765", "2142426799").encode("utf-8")
+    java = other.replace(GRIN.encode("utf-8"), b"\xed\xa0\xbd\xed\xb8\x80")
+    letter = service.dead_letter("broker", "not well-formed: Invalid bytes in character encoding",
+                                 {"smileMessageType": "SubscriptionActivated",
+                                  "message-id": "ID:earlier-1"}, java)
+    assert service.replay_dead_letter(letter).outcome == "accepted"
+    assert service.store.subscription("2142426799").snapshot == other
 
 
 def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path, broker) -> None:
