@@ -212,7 +212,8 @@ def test_a_java_senders_character_beyond_u_ffff_is_recorded(settings, codec, tmp
     with ConsumerThread(recording_consumer(s, service, outcomes)):
         subprocess.run([*jms, "JmsSend", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
                         queue.removeprefix("/queue/"), str(document),
-                        "smileMessageType=SubscriptionActivated", "usn=2142426765", "sid=175"],
+                        "smileMessageType=SubscriptionActivated", "usn=2142426765",
+                        "sid:long=175"],
                        check=True, capture_output=True, timeout=60)
         wait_until(lambda: len(outcomes) == 1, 20, what="the Java sender's message")
     assert outcomes == ["accepted"], service.store.dead_letters()

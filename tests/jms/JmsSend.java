@@ -1,6 +1,7 @@
 // A Smile-side JMS sender, as Smile itself is: sends one file's text (read as UTF-8) as a
-// TextMessage over OpenWire, with string properties given as name=value.
-//   java -cp <activemq jars>:. JmsSend tcp://127.0.0.1:61616 QUEUE FILE [name=value ...]
+// TextMessage over OpenWire, with properties given as name=value (a String) or
+// name:long=value (a Long, as Smile documents sid and provisionRequestId to be integers).
+//   java -cp <activemq jars>:. JmsSend tcp://127.0.0.1:61616 QUEUE FILE [name[:long]=value ...]
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Paths;
@@ -18,7 +19,12 @@ public class JmsSend {
             TextMessage message = session.createTextMessage(text);
             for (int i = 3; i < args.length; i++) {
                 String[] pair = args[i].split("=", 2);
-                message.setStringProperty(pair[0], pair[1]);
+                if (pair[0].endsWith(":long")) {
+                    message.setLongProperty(pair[0].substring(0, pair[0].length() - 5),
+                                            Long.parseLong(pair[1]));
+                } else {
+                    message.setStringProperty(pair[0], pair[1]);
+                }
             }
             producer.send(message);
         } finally {
