@@ -203,20 +203,26 @@ def test_a_java_senders_character_beyond_u_ffff_is_recorded(settings, codec, tmp
     beyond U+FFFF as two three-byte halves, which XML refused as not UTF-8 (a dead letter)."""
     queue = unique_queue("jms-in")
     s = make_settings(settings, queue, activemq)
+    s = replace(s, inbound=replace(s.inbound, dead_letter_destination=queue + ".DLQ"))
     service = make_service(s, codec, tmp_path)
     text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
         "Home broadband", f"Home {GRIN} broadband")
-    document = tmp_path / "grin.xml"
+    document, invalid = tmp_path / "grin.xml", tmp_path / "grin-invalid.xml"
     document.write_text(text, "utf-8")
+    invalid.write_text(text.replace("<SID>175</SID>", "<SID>x</SID>"), "utf-8")
     outcomes: list[str] = []
     with ConsumerThread(recording_consumer(s, service, outcomes)):
-        subprocess.run([*jms, "JmsSend", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
-                        queue.removeprefix("/queue/"), str(document),
-                        "smileMessageType=SubscriptionActivated", "usn=2142426765",
-                        "sid:long=175"],
-                       check=True, capture_output=True, timeout=60)
-        wait_until(lambda: len(outcomes) == 1, 20, what="the Java sender's message")
-    assert outcomes == ["accepted"], service.store.dead_letters()
+        for path in (document, invalid):
+            subprocess.run([*jms, "JmsSend", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
+                            queue.removeprefix("/queue/"), str(path),
+                            "smileMessageType=SubscriptionActivated", "usn=2142426765",
+                            "sid:long=175"],
+                           check=True, capture_output=True, timeout=60)
+        wait_until(lambda: len(outcomes) == 2, 20, what="the Java sender's messages")
+    assert outcomes == ["accepted", "dead-letter"], service.store.dead_letters()
+    # the invalid one's copy is passed on as it came: a JMS listener reads Smile's text
+    [copy] = jms_receive(jms, queue + ".DLQ", 1)
+    assert copy["text"] == invalid.read_text("utf-8")
     assert service.store.subscription("2142426765").snapshot == text.encode("utf-8")
     assert f"Home {GRIN} broadband" in service.subscription_view("2142426765")["snapshot"]
     # one that an earlier gateway refused is recorded when its dead letter is replayed

@@ -11,7 +11,8 @@ public class JmsProbe {
         StringBuilder b = new StringBuilder("\"");
         for (char c : s.toCharArray()) {
             if (c == '"' || c == '\\') b.append('\\').append(c);
-            else if (c < 0x20) b.append(String.format("\\u%04x", (int) c));
+            // beyond ASCII too: the output is then the same whatever the locale's encoding
+            else if (c < 0x20 || c > 0x7e) b.append(String.format("\\u%04x", (int) c));
             else b.append(c);
         }
         return b.append('"').toString();
