@@ -69,9 +69,10 @@ _ENCODING_DECLARED = re.compile(r"\A(<\?xml[^>]*?\sencoding\s*=\s*)[\"'][^\"']*[
 _BEYOND_FFFF = re.compile(rb"[\xf0-\xf4][\x80-\xbf]{3}")
 _FOUR_BYTE_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")
 # What a character reference cannot stand in: a CDATA section, a comment or PI (where it is
-# only text), a tag's names outside its quoted values; and a character beyond U+FFFF.
+# only text), a tag's names outside its quoted values (a tag only when it holds such a
+# character); and a character beyond U+FFFF.
 _MARKUP_OR_BEYOND_FFFF = re.compile(
-    rb"<!\[CDATA\[(?P<cdata>.*?)\]\]>|<!--.*?-->|<\?.*?\?>|(?P<tag><[^>]*>)|"
+    rb"<!\[CDATA\[(?P<cdata>.*?)\]\]>|<!--.*?-->|<\?.*?\?>|(?P<tag><[^>\xf0-\xf4]*[\xf0-\xf4][^>]*>)|"
     rb"[\xf0-\xf4][\x80-\xbf]{3}", re.S)
 _QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
 _JAVA_PAIR = re.compile(rb"\xed([\xa0-\xaf])([\x80-\xbf])\xed([\xb0-\xbf])([\x80-\xbf])")
