@@ -72,8 +72,8 @@ _FOUR_BYTE_LEADS = (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4")
 # only text), a tag's names outside its quoted values (a tag only when it holds such a
 # character); and a character beyond U+FFFF.
 _MARKUP_OR_BEYOND_FFFF = re.compile(
-    rb"<!\[CDATA\[(?P<cdata>.*?)\]\]>|<!--.*?-->|<\?.*?\?>|(?P<tag><[^>\xf0-\xf4]*[\xf0-\xf4][^>]*>)|"
-    rb"[\xf0-\xf4][\x80-\xbf]{3}", re.S)
+    rb"<!\[CDATA\[(?P<cdata>.*?)\]\]>|<!--.*?-->|<\?.*?\?>|"
+    rb"(?P<tag><[^>\xf0-\xf4]*[\xf0-\xf4][^>]*>)|[\xf0-\xf4][\x80-\xbf]{3}", re.S)
 _QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
 _JAVA_PAIR = re.compile(rb"\xed([\xa0-\xaf])([\x80-\xbf])\xed([\xb0-\xbf])([\x80-\xbf])")
 _NS = "{" + SMILE_NS + "}"
