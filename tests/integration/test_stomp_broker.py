@@ -6,6 +6,7 @@ ActiveMQ has (JMS clients, its own refusals)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -134,8 +135,6 @@ def jms(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def jms_receive(jms: list[str], queue: str, count: int) -> list[dict[str, Any]]:
     """What a JMS listener gets from `queue`: per message its class, properties and text."""
-    import json
-
     done = subprocess.run([*jms, "JmsProbe", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
                            queue.removeprefix("/queue/"), str(count), "10000"],
                           capture_output=True, text=True, timeout=60)
