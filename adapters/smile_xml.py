@@ -408,13 +408,30 @@ class SmileXmlCodec:
     def text_message(self, data: bytes) -> bytes:
         return _beyond_ffff_referenced(self.utf8(data))
 
-    def delivered(self, data: bytes) -> bytes:
-        # Only where the document is to be read as UTF-8: there two such halves are never
-        # UTF-8, so nothing a reader took before is read otherwise now.
-        if b"\xed" not in data:
+    def delivered(self, data: bytes, text_message: bool) -> bytes:
+        # Java's halves are never UTF-8: joining them changes no reading of a document that
+        # was read before.
+        joined = _JAVA_PAIR.sub(_joined, data) if b"\xed" in data else data
+        if data.startswith(codecs.BOM_UTF8) or _says_utf8(data):
+            return joined
+        if not text_message:
+            return data  # a sender's bytes: its declaration (or byte order mark) decides
+        # A JMS listener reads it where it is Java's UTF-8 (which also takes overlong forms,
+        # refused by XML anyway); what none could read is a STOMP sender's bytes in the
+        # encoding they name.
+        try:
+            text = joined.decode("utf-8")
+        except UnicodeDecodeError:
             return data
-        utf8 = data.startswith(codecs.BOM_UTF8) or _says_utf8(data)
-        return _JAVA_PAIR.sub(_joined, data) if utf8 else data
+        declared = _UTF8_PROLOG.match(data)
+        name = _codec_name(declared["encoding"]) if declared and declared["encoding"] else None
+        if name is not None and name not in _NOT_CHARSETS and joined is data:
+            try:
+                if data.decode(name) == text:
+                    return data  # read the same either way (ASCII): kept as it came
+            except (UnicodeError, LookupError):  # LookupError: a codec of no text (base64)
+                pass
+        return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
 
     # -- writing ----------------------------------------------------------------------------
 

@@ -47,11 +47,15 @@ class Codec(Protocol):
         there is nothing to change."""
         ...
 
-    def delivered(self, data: bytes) -> bytes:
-        """A document as a broker delivered it, in UTF-8: a Java sender's TextMessage comes in
-        Java's own UTF-8, which writes a character beyond U+FFFF as its two UTF-16 halves
-        (CESU-8, never UTF-8); in a document read as UTF-8 those are joined. `data` itself
-        otherwise."""
+    def delivered(self, data: bytes, text_message: bool) -> bytes:
+        """A document as a broker delivered it. ActiveMQ hands a JMS TextMessage (a frame
+        without a content-length) to STOMP in Java's own UTF-8 whatever the document's
+        declaration says, and Java's UTF-8 writes a character beyond U+FFFF as its two UTF-16
+        halves (CESU-8, never UTF-8): in a document read as UTF-8 those are joined, and a
+        `text_message` whose declaration names another encoding is read as a JMS listener
+        reads it, in UTF-8 (its declaration then saying so), where one could read it at all;
+        what none could is a STOMP sender's bytes, read by their declaration. `data` itself
+        where nothing changes."""
         ...
 
     def labelled(self, data: bytes, charset: str) -> bytes:

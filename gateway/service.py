@@ -353,7 +353,8 @@ class GatewayService:
         dedupe_key = f"broker:{key}" if key else None
         message_type = headers.get("smileMessageType") or None
         charset = _charset(headers.get("content-type", ""))
-        data = self.codec.labelled(body, charset) if charset else self.codec.delivered(body)
+        data = (self.codec.labelled(body, charset) if charset else
+                self.codec.delivered(body, "content-length" not in headers))
         return self._accept(data, message_type, headers, dedupe_key, "smile", came_at)
 
     def replay_dead_letter(self, letter_id: int, force: bool = False) -> LetterReplay:

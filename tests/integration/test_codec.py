@@ -433,13 +433,37 @@ def test_a_java_senders_text_is_read_in_utf8(codec) -> None:
     java = text.encode("utf-8").replace(GRIN.encode("utf-8"), GRIN_JAVA)
     with pytest.raises(DocumentParseError):
         codec.decode(java)  # not UTF-8 as XML reads it
-    assert codec.delivered(java) == text.encode("utf-8")
+    for text_message in (True, False):
+        assert codec.delivered(java, text_message) == text.encode("utf-8")
     plain = text.encode("utf-8")
-    assert codec.delivered(plain) is plain
+    assert codec.delivered(plain, True) is plain
     # half a pair is no character in any encoding: left as it came, and refused
     lone = plain.replace(GRIN.encode("utf-8"), GRIN_JAVA[:3])
-    assert codec.delivered(lone) == lone
-    # a document that says it is in another encoding is read in that one
-    latin = text.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').replace(
-        GRIN, "\xed\xa0\xbd\xed\xb8\x80").encode("latin-1")
-    assert codec.delivered(latin) == latin
+    assert codec.delivered(lone, True) == lone
+
+
+LATIN_DECLARED = DOC_TEXT.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"')
+
+
+def test_a_text_message_is_read_as_a_jms_listener_reads_it(codec) -> None:
+    """A JMS TextMessage holds text, which ActiveMQ hands to STOMP in Java's UTF-8 whatever
+    the document's declaration says (a Java sender that wrote it out as ISO-8859-1 into a
+    String): read as UTF-8 where a JMS listener could read it, the declaration saying so."""
+    java = LATIN_DECLARED.encode("utf-8")  # "Café": C3 A9, which ISO-8859-1 reads as "Ã©"
+    assert codec.delivered(java, True) == DOC_TEXT.encode("utf-8")
+    utf16 = LATIN_DECLARED.replace("ISO-8859-1", "UTF-16").replace("Café", f"Café {GRIN}")
+    assert codec.delivered(utf16.encode("utf-8").replace(GRIN.encode("utf-8"), GRIN_JAVA),
+                           True) == utf16.replace("UTF-16", "UTF-8").encode("utf-8")
+    # what no JMS listener could read is a STOMP sender's bytes, in the encoding they name
+    latin = LATIN_DECLARED.encode("latin-1")
+    assert codec.delivered(latin, True) is latin
+    # bytes that read the same either way are kept as they came
+    ascii_only = LATIN_DECLARED.replace("Café", "Cafe").encode("ascii")
+    assert codec.delivered(ascii_only, True) is ascii_only
+    # a declaration naming a codec that is no character encoding is only a wrong one
+    for name in ("base64", "undefined", "rot13", "unicode-escape", "no-such"):
+        named = LATIN_DECLARED.replace("ISO-8859-1", name)
+        assert codec.delivered(named.encode("utf-8"), True) == DOC_TEXT.encode("utf-8")
+    # a BytesMessage (a content-length) holds its sender's bytes: its declaration decides
+    assert codec.delivered(java, False) is java
+    assert codec.delivered(DOC_TEXT.encode("utf-16"), True) == DOC_TEXT.encode("utf-16")

@@ -234,6 +234,30 @@ def test_a_java_senders_character_beyond_u_ffff_is_recorded(settings, codec, tmp
     assert service.store.subscription("2142426799").snapshot == other
 
 
+def test_a_java_senders_text_is_read_as_text_whatever_its_declaration_says(
+        settings, codec, tmp_path, activemq, jms) -> None:
+    """A Java sender that wrote its document out as ISO-8859-1 into a String sends text:
+    ActiveMQ hands it on in Java's UTF-8, and read by its declaration "Café" became "CafÃ©"
+    (recorded, silently wrong). A STOMP sender's ISO-8859-1 bytes are still read as such
+    (test_a_content_type_charset_on_a_message_decides_over_the_declaration)."""
+    queue = unique_queue("jms-latin")
+    s = make_settings(settings, queue, activemq)
+    service = make_service(s, codec, tmp_path)
+    text = (SAMPLES / "SubscriptionActivated.xml").read_text("utf-8").replace(
+        "Home broadband", "Café broadband")
+    document = tmp_path / "latin.xml"
+    document.write_text(text.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"'), "utf-8")
+    outcomes: list[str] = []
+    with ConsumerThread(recording_consumer(s, service, outcomes)):
+        subprocess.run([*jms, "JmsSend", f"tcp://127.0.0.1:{OPENWIRE_PORT}",
+                        queue.removeprefix("/queue/"), str(document),
+                        "smileMessageType=SubscriptionActivated"],
+                       check=True, capture_output=True, timeout=60)
+        wait_until(lambda: len(outcomes) == 1, 20, what="the Java sender's message")
+    assert outcomes == ["accepted"], service.store.dead_letters()
+    assert service.store.subscription("2142426765").snapshot == text.encode("utf-8")
+
+
 def test_publishing_keeps_order_per_subscription(settings, codec, tmp_path, broker) -> None:
     queue = unique_queue("order")
     s = make_settings(settings, queue, broker, max_attempts=3)
