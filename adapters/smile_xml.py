@@ -207,6 +207,11 @@ def _says_utf8(data: bytes) -> bool:
         declared["encoding"] or b"UTF-8").upper() in (b"UTF-8", b"UTF8")
 
 
+def _in_utf8(text: str) -> bytes:
+    """A document's text in UTF-8, its declaration (if it names an encoding) saying so."""
+    return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
+
+
 def _codec_name(encoding: bytes) -> str | None:
     """Python's name for an encoding a declaration names, if Python knows it."""
     try:
@@ -378,7 +383,7 @@ class SmileXmlCodec:
             text = data.decode(marked[0] if marked else tree.docinfo.encoding or "utf-8")
         except (LookupError, UnicodeDecodeError):
             text = str(etree.tostring(tree, encoding="unicode"))
-        return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
+        return _in_utf8(text)
 
     def labelled(self, data: bytes, charset: str) -> bytes:
         # RFC 7303, 3.2: a byte order mark decides the encoding, else the transport's charset
@@ -403,7 +408,7 @@ class SmileXmlCodec:
             message = (f"not well-formed: byte {exc.start} (0x{data[exc.start]:02x}) is not "
                        f"{charset}, as the Content-Type says the document is")
             raise DocumentParseError(message, [Violation(line, column, "", message)]) from exc
-        return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
+        return _in_utf8(text)
 
     def text_message(self, data: bytes) -> bytes:
         return _beyond_ffff_referenced(self.utf8(data))
@@ -431,7 +436,7 @@ class SmileXmlCodec:
                     return data  # read the same either way (ASCII): kept as it came
             except (UnicodeError, LookupError):  # LookupError: a codec of no text (base64)
                 pass
-        return _ENCODING_DECLARED.sub(r'\g<1>"UTF-8"', text, count=1).encode("utf-8")
+        return _in_utf8(text)
 
     # -- writing ----------------------------------------------------------------------------
 
