@@ -76,6 +76,12 @@ _MARKUP_OR_BEYOND_FFFF = re.compile(
     rb"(?P<tag><[^>\xf0-\xf4]*[\xf0-\xf4][^>]*>)|[\xf0-\xf4][\x80-\xbf]{3}", re.S)
 _QUOTED = re.compile(rb"\"[^\"]*\"|'[^']*'")
 _JAVA_PAIR = re.compile(rb"\xed([\xa0-\xaf])([\x80-\xbf])\xed([\xb0-\xbf])([\x80-\xbf])")
+# libxml2 names a schema error's place by an XPath with the document's own prefixes
+# (`/ns2:SubscriptionFeaturesUpdate/ns2:Subscription/ns2:SID`, as JAXB writes documents),
+# which are bound nowhere the XPath can see, and may be bound twice: each step by its local
+# name instead.
+_PREFIXED_STEP = re.compile(r"[A-Za-z_][\w.-]*:([A-Za-z_][\w.-]*)")
+_UNPREFIXED_STEP = r"*[local-name()='\1']"
 _NS = "{" + SMILE_NS + "}"
 _NSMAP = {None: SMILE_NS}
 
@@ -315,7 +321,7 @@ class SmileXmlCodec:
             path = ""
             name = ""
             if entry.path:
-                hits = root.getroottree().xpath(entry.path)
+                hits = root.getroottree().xpath(_PREFIXED_STEP.sub(_UNPREFIXED_STEP, entry.path))
                 if isinstance(hits, list) and hits and isinstance(hits[0], etree._Element):
                     path = element_path(hits[0])
                     name = _local(hits[0].tag)

@@ -51,6 +51,7 @@ EXPECTED = {
     "nested-too-deep.xml": (12, "", "not well-formed: elements nested more than 256 levels deep"),
     "not-utf8.xml": (6, "", "Invalid bytes in character encoding"),
     "oversize.xml": (1, "", "over the limit of 1048576"),
+    "prefixed-sid-not-integer.xml": (7, "/SubscriptionFeaturesUpdate/Subscription/SID", "'S175' is not a valid value of the atomic type 'xs:long'"),
     "property-without-name.xml": (10, "/Properties/Object/String", "attribute 'name' is required"),
     "response-request-id-not-integer.xml": (3, "/SubscriptionProvisionResponse/provisionRequestId", "'abc'"),
     "response-without-status.xml": (4, "/SubscriptionProvisionResponse/message", "Expected is ( status )"),
@@ -349,6 +350,19 @@ def test_any_document_survives_a_round_trip(codec: SmileXmlCodec, document) -> N
     data = codec.encode(document)
     assert codec.decode(data) == document
     assert codec.outline(data) == outline_of(document)
+
+
+def test_a_violation_under_a_prefix_declared_inside_the_document_is_located(codec) -> None:
+    """libxml2 names a violation's place with the document's own prefixes, wherever they
+    are declared (here on the element itself), and one prefix bound twice."""
+    text = (INVALID / "sid-not-integer.xml").read_text("utf-8").replace(
+        "<SID>S170</SID>", f'<s:SID xmlns:s="{domain.SMILE_NS}">S170</s:SID>').replace(
+        "<ServiceName>", '<s:ServiceName xmlns:s="urn:other">').replace(
+        "</ServiceName>", "</s:ServiceName>")
+    found = codec.check(text.encode())
+    assert [(v.line, v.path) for v in found][:1] == [
+        (5, "/SubscriptionFeaturesUpdate/Subscription/SID")]
+    assert all(v.line for v in found)
 
 
 def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:
