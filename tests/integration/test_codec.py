@@ -365,6 +365,62 @@ def test_a_violation_under_a_prefix_declared_inside_the_document_is_located(code
     assert all(v.line for v in found)
 
 
+_ACTIVATED = (SAMPLES / "SubscriptionActivated.xml").read_bytes()
+_STRING = b'<String name="username"'
+_NS_BOUND = b'xmlns:s="http://xml.inomial.com/smile/2.xsd"'
+
+
+@pytest.mark.parametrize("data", [
+    _ACTIVATED.replace(_STRING, b'<String p:name="username"'),  # a prefix bound nowhere
+    _ACTIVATED.replace(_STRING, b'<String xmlns:q="" name="username"'),
+    _ACTIVATED.replace(_STRING, b'<String xmlns:xml="urn:x" name="username"'),
+    _ACTIVATED.replace(_STRING, b'<String xmlns:xmlns="urn:x" name="username"'),
+    _ACTIVATED.replace(_STRING, b'<String xmlns:q="http://www.w3.org/2000/xmlns/" name="username"'),
+    _ACTIVATED.replace(b"</EnableStatus>", b"</EnableStatus><AccessoryDataList><s:X "
+                       + _NS_BOUND + b' q:y="1"/></AccessoryDataList>'),
+    _ACTIVATED.replace(b"</EnableStatus>", b"</EnableStatus><AccessoryDataList><s:X:Y "
+                       + _NS_BOUND + b"/></AccessoryDataList>"),
+    _ACTIVATED.replace(b"<Subscription>", b"<?a:b c?><Subscription>"),
+], ids=["undefined-prefix", "empty-binding", "xml-rebound", "xmlns-bound", "xmlns-uri",
+        "accessory-undefined-prefix", "accessory-qname", "pi-with-colon"])
+def test_a_document_that_breaks_the_namespace_rules_is_refused_as_validate_refuses_it(
+        codec, data) -> None:
+    """libxml2 reports a broken namespace rule (XML Namespaces 1.0) as an error it goes on
+    after, and validating while it parses it kept no word of it: the webhook and the consumer
+    took documents that validate called not well-formed, and some then failed to read back."""
+    [expected] = codec.check(data)
+    assert expected.message.startswith("not well-formed")
+    for read in (codec.outline, codec.decode):
+        with pytest.raises(DocumentParseError) as refused:
+            read(data)
+        assert refused.value.violations[0] == expected
+
+
+def test_a_broken_namespace_rule_is_refused_whatever_the_schema_lets_through(tmp_path) -> None:
+    """A schema of the deployment's own may let prefixed names through anywhere: a broken
+    namespace rule is refused whatever the schema in use."""
+    permissive = SmileXmlCodec(INVALID / "permissive.xsd")  # its root holds anything
+    data = (b'<SubscriptionFeaturesUpdate xmlns="http://xml.inomial.com/smile/2.xsd">'
+            b'<x p:y="1"/></SubscriptionFeaturesUpdate>')
+    [expected] = permissive.check(data)
+    assert expected.message.startswith("not well-formed: Namespace prefix p")
+    with pytest.raises(DocumentParseError):
+        permissive.outline(data)
+    # a schema that takes any attribute on an element: a prefix bound nowhere is still refused
+    text = XSD.read_text("utf-8").replace(
+        '<xs:attribute name="key" type="xs:string" use="required"/>',
+        '<xs:attribute name="key" type="xs:string" use="required"/><xs:anyAttribute/>')
+    assert "anyAttribute" in text
+    (tmp_path / "any.xsd").write_text(text, "utf-8")
+    anything = SmileXmlCodec(tmp_path / "any.xsd")
+    assert anything.check(_ACTIVATED) == []
+    assert anything.outline(_ACTIVATED) == SmileXmlCodec(XSD).outline(_ACTIVATED)
+    timezone = _ACTIVATED.replace(b"</EnableStatus>",
+                                  b'</EnableStatus><Timezone key="k" p:q="1">AEST</Timezone>')
+    with pytest.raises(DocumentParseError):
+        anything.outline(timezone)
+
+
 def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:
     found = codec.check((INVALID / "boolean-property-not-true-false.xml").read_bytes())
     assert not re.search(r"\{http://xml\.inomial\.com/smile/2\.xsd\}", found[0].message)
