@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import copy
 import re
 import threading
 from collections.abc import Callable
@@ -595,7 +596,9 @@ def _read_subscription(element: etree._Element) -> Subscription:
     for child in children[9:]:  # the optional ones after EnableStatus, in schema order
         tag = child.tag
         if tag == _ACCESSORY:
-            accessory = etree.canonicalize(child, strip_text=True)
+            # a copy: it declares the namespaces in scope, which C14N of the element itself
+            # would find undeclared (they are on the root)
+            accessory = etree.canonicalize(copy.deepcopy(child), strip_text=True)
         elif tag == _INVOICING:
             invoicing = _read_cycle(child)
         elif tag == _RATING:

@@ -421,6 +421,25 @@ def test_a_broken_namespace_rule_is_refused_whatever_the_schema_lets_through(tmp
         anything.outline(timezone)
 
 
+@pytest.mark.parametrize("content", [
+    b"<AccessoryDataList/>",
+    b"<AccessoryDataList>\n  <Item><Name> x </Name></Item>\n</AccessoryDataList>",
+    b'<AccessoryDataList><s:Item xmlns:s="http://xml.inomial.com/smile/2.xsd" xmlns:p="urn:p"'
+    b' p:a="1">&#x1F600;&amp;&lt;<![CDATA[<c>]]></s:Item><!-- c --></AccessoryDataList>',
+], ids=["empty", "elements", "prefixed"])
+def test_a_subscription_with_accessory_data_reads_and_renders(codec, content) -> None:
+    """AccessoryDataList's content is kept as its canonical XML; reading it failed for every
+    document that carried one (its namespace is declared on the root, out of the element's
+    own scope): the snapshot could not be read back, nor an order event rendered."""
+    data = _ACTIVATED.replace(b"</EnableStatus>", b"</EnableStatus>" + content)
+    document = codec.decode(data)
+    accessory = document.subscription.accessory_data_list
+    assert accessory is not None and accessory.startswith("<AccessoryDataList")
+    rendered = codec.encode(document)
+    assert codec.decode(rendered) == document
+    assert canonical(data) == canonical(rendered)
+
+
 def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:
     found = codec.check((INVALID / "boolean-property-not-true-false.xml").read_bytes())
     assert not re.search(r"\{http://xml\.inomial\.com/smile/2\.xsd\}", found[0].message)

@@ -802,3 +802,17 @@ def test_a_read_token_guards_the_subscription_view_and_the_metrics(settings, cod
         assert client.get(path).status_code == 200, path
     assert client.get("/subscriptions/nobody", headers={
         "Authorization": "Bearer s3cret-read"}).status_code == 404
+
+
+def test_a_subscription_with_accessory_data_is_shown_and_moved_along(client) -> None:
+    """Its snapshot could not be read back: GET answered 500, and so did every order event."""
+    data = RTP.replace(b"</EnableStatus>", b"</EnableStatus><AccessoryDataList><Item>x</Item>"
+                                           b"</AccessoryDataList>")
+    r = post_xml(client, data, **{"X-Smile-Message-Type": "SubscriptionReadyToProvision",
+                                  "X-Smile-Provision-Request-Id": "12"})
+    assert r.status_code == 202, r.json
+    shown = client.get("/subscriptions/2142426762")
+    assert shown.status_code == 200 and "<AccessoryDataList>" in shown.json["snapshot"]
+    r = client.post("/orders/events", json={"eventId": "acc-1", "usn": "2142426762",
+                                            "vocabulary": "order", "state": "inProgress"})
+    assert r.status_code == 202, r.json
