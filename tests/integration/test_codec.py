@@ -310,7 +310,8 @@ def test_rendering_is_deterministic_with_a_double_quoted_declaration(codec: Smil
 # -- generated documents: parse(build(x)) == x -------------------------------------------------
 
 _text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=20)
-_token = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,15}", fullmatch=True)
+# what XSD keeps in a token: no XML whitespace at its ends (Unicode's other spaces may be)
+_token = st.from_regex(r"[A-Za-z0-9\u00a0\u2028][A-Za-z0-9_.@\u00a0\u3000-]{0,15}", fullmatch=True)
 _moment = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2100, 1, 1),
                        timezones=st.sampled_from([UTC, timezone(timedelta(hours=10)),
                                                   timezone(timedelta(hours=-5, minutes=-30))]))
@@ -438,6 +439,37 @@ def test_a_subscription_with_accessory_data_reads_and_renders(codec, content) ->
     rendered = codec.encode(document)
     assert codec.decode(rendered) == document
     assert canonical(data) == canonical(rendered)
+
+
+_NBSP = "\u00a0"
+
+
+@pytest.mark.parametrize("text, value", [
+    ("  2142426765 \t", "2142426765"),  # XML's own whitespace: collapsed, as XSD reads a token
+    ("2142\n  426765", "2142 426765"),
+    (f"2142426765{_NBSP}", f"2142426765{_NBSP}"),  # no XML whitespace: part of the value
+    ("\u2028", "\u2028"),
+    ("\u0085 N-1 \u3000", "\u0085 N-1 \u3000"),
+])
+def test_a_token_is_read_as_the_schema_reads_it(codec, text, value) -> None:
+    """xs:token collapses XML's four whitespace characters only; Python's strip() took
+    Unicode's too (U+00A0, U+2028, U+0085, U+3000): a value of them alone became empty, which
+    the gateway then could not render, and a usn ending in U+00A0 became another's."""
+    esc = text.encode("utf-8")
+    data = (_ACTIVATED.replace(b"<USN>2142426765</USN>", b"<USN>" + esc + b"</USN>")
+            .replace(b"<Parent>1000000051</Parent>", b"<Parent>" + esc + b"</Parent>")
+            .replace(b"<PlanCode>hbb50v</PlanCode>", b"<PlanCode>" + esc + b"</PlanCode>")
+            .replace(b'<String name="username">', b'<String name="' + esc.replace(b"\n", b"&#10;")
+                     .replace(b"\t", b"&#9;") + b'">'))
+    assert codec.check(data) == []
+    document = codec.decode(data)
+    sub = document.subscription
+    assert (sub.usn, sub.parent, document.plans[0].plan_code) == (value, value, value)
+    assert codec.outline(data).usn == value
+    assert codec.decode(codec.encode(document)) == document
+    response = (SAMPLES / "SubscriptionProvisionResponse.xml").read_bytes()
+    status = re.sub(rb"<status>[^<]*</status>", b"<status>" + esc + b"</status>", response)
+    assert codec.decode(status).status == value
 
 
 def test_error_messages_name_local_names_not_expanded_ones(codec: SmileXmlCodec) -> None:
