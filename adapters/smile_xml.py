@@ -34,6 +34,7 @@ from gateway.domain import (
     SubscriptionProvisionResponse,
     SubscriptionUpdated,
     SuspendStatus,
+    token_value,
 )
 from gateway.errors import (
     ConfigError,
@@ -83,9 +84,6 @@ _JAVA_PAIR = re.compile(rb"\xed([\xa0-\xaf])([\x80-\xbf])\xed([\xb0-\xbf])([\x80
 # name instead.
 _PREFIXED_STEP = re.compile(r"[A-Za-z_][\w.-]*:([A-Za-z_][\w.-]*)")
 _UNPREFIXED_STEP = r"*[local-name()='\1']"
-# XML's whitespace (XML 1.0, 2.3), which an xs:token collapses; a run of it.
-_XML_SPACE = " \t\n\r"
-_XML_SPACE_RUN = re.compile(r"[ \t\n\r]+")
 # A colon before the start of a name: a prefix (a literal first, so the search is quick).
 _PREFIX_COLON = re.compile(rb":[A-Za-z_\x80-\xff]")
 _NS = "{" + SMILE_NS + "}"
@@ -509,15 +507,6 @@ def _text(element: etree._Element) -> str:
     return element.text or ""
 
 
-def _token(text: str | None) -> str:
-    """An xs:token's value (XSD 1.0 Part 2, 4.3.6): XML's four whitespace characters
-    collapsed, and only those: U+00A0, U+2028 and the rest of Unicode's are part of it."""
-    value = (text or "").strip(_XML_SPACE)
-    if "  " in value or "\t" in value or "\n" in value or "\r" in value:
-        value = _XML_SPACE_RUN.sub(" ", value)
-    return value
-
-
 def parse_datetime(text: str) -> datetime:
     """xs:dateTime with an offset: 2012-08-08T00:00:00.000+10:00, 2011-01-01T00:00:00Z."""
     return datetime.fromisoformat(text.strip())
@@ -571,7 +560,7 @@ def _read_object(obj: etree._Element) -> tuple[Property, ...]:
     values = []
     for child in obj:
         kind, convert = _CONVERTERS[child.tag]
-        values.append(Property(kind, _token(child.get("name")), _value(child, convert)))
+        values.append(Property(kind, token_value(child.get("name")), _value(child, convert)))
     return tuple(values)
 
 
@@ -584,7 +573,7 @@ def _start(element: etree._Element) -> datetime:
 
 def _read_cycle(element: etree._Element) -> Cycle:
     cycle_type, cycle_day = element
-    return Cycle(_token(cycle_type.text), int(_text(cycle_day)))
+    return Cycle(token_value(cycle_type.text), int(_text(cycle_day)))
 
 
 def _statuses(provision: etree._Element, suspend: etree._Element,
@@ -620,10 +609,10 @@ def _read_subscription(element: etree._Element) -> Subscription:
         else:  # CostCentre
             cost_centre = KeyedText(child.get("key", ""), child.text or "")
     return Subscription(
-        _token(usn.text),
+        token_value(usn.text),
         int(sid.text or ""),
         service_name.text or "",
-        _token(parent.text),
+        token_value(parent.text),
         _read_object(properties[0]),
         _statuses(provision, suspend, activate, enable),
         accessory, invoicing, rating, timezone, cost_centre,
@@ -638,7 +627,7 @@ def _read_feature(element: etree._Element) -> Feature:
 def _read_plan(element: etree._Element) -> PlanScheduleItem:
     children = list(element)
     start = _start(children[2]) if len(children) > 2 else None
-    return PlanScheduleItem(_token(children[0].text), int(_text(children[1])), start)
+    return PlanScheduleItem(token_value(children[0].text), int(_text(children[1])), start)
 
 
 def _read_document(root: etree._Element) -> Document:
@@ -654,7 +643,7 @@ def _read_document(root: etree._Element) -> Document:
     children = list(root)  # provisionRequestId, status, message?
     return SubscriptionProvisionResponse(
         int(_text(children[0])),
-        _token(children[1].text),
+        token_value(children[1].text),
         _text(children[2]) if len(children) > 2 else None,
     )
 
@@ -690,10 +679,10 @@ def _read_outline(root: etree._Element) -> DocumentOutline:
     else:  # provisionRequestId, status, message?
         return DocumentOutline(SubscriptionProvisionResponse,
                                provision_request_id=int(_text(root[0])),
-                               status=_token(root[1].text))
+                               status=token_value(root[1].text))
     usn, sid, _, _, properties, provision, suspend, activate, enable = subscription[:9]
     _check_object(properties[0])
-    return DocumentOutline(body, _token(usn.text), int(sid.text or ""),
+    return DocumentOutline(body, token_value(usn.text), int(sid.text or ""),
                            _statuses(provision, suspend, activate, enable), feature_ids)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
@@ -44,6 +45,20 @@ class PropertyType(StrEnum):
 
 PropertyValue = str | bool | int | Decimal | date | datetime | None
 
+
+# XML's whitespace (XML 1.0, 2.3), which an xs:token collapses; a run of it.
+_XML_SPACE = " \t\n\r"
+_XML_SPACE_RUN = re.compile(r"[ \t\n\r]+")
+
+
+def token_value(text: str | None) -> str:
+    """An xs:token's value (XSD 1.0 Part 2, 4.3.6), as Smile's documents carry usns and
+    codes: XML's four whitespace characters collapsed, and only those (U+00A0, U+2028 and
+    the rest of Unicode's are part of it)."""
+    value = (text or "").strip(_XML_SPACE)
+    if "  " in value or "\t" in value or "\n" in value or "\r" in value:
+        value = _XML_SPACE_RUN.sub(" ", value)
+    return value
 
 @dataclass(frozen=True, slots=True)
 class Property:

@@ -18,6 +18,7 @@ from gateway.domain import (
     Statuses,
     Subscription,
     SubscriptionFeaturesUpdate,
+    token_value,
 )
 from gateway.errors import DocumentInvalidError, Violation, clip
 from gateway.service import NEW_SUBSCRIPTION_FLAGS, StateChange
@@ -116,6 +117,7 @@ def parse_order_event(payload: Any) -> StateChange:
     payload = _top_object(payload)
     event_id = p.string(payload, "eventId", "", limit=ID_CHARS)
     usn = p.string(payload, "usn", "", limit=ID_CHARS)
+    usn = usn and token_value(usn)  # as a Smile document carries it
     vocabulary = p.string(payload, "vocabulary", "")
     state = p.string(payload, "state", "")
     subscription = None
@@ -263,7 +265,7 @@ def parse_tmf622_event(payload: Any, usn_path: str, owner: str = "") -> StateCha
     if isinstance(node, str) and node.strip():
         problem = _text_problem(node, ID_CHARS)
         if problem is None:
-            usn = node
+            usn = token_value(node)  # as a Smile document carries it
         else:
             p.add(where, problem)
     elif where:

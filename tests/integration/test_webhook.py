@@ -816,3 +816,24 @@ def test_a_subscription_with_accessory_data_is_shown_and_moved_along(client) -> 
     r = client.post("/orders/events", json={"eventId": "acc-1", "usn": "2142426762",
                                             "vocabulary": "order", "state": "inProgress"})
     assert r.status_code == 202, r.json
+
+
+def test_a_usn_from_the_order_side_is_the_token_the_smile_document_carries(client) -> None:
+    """A usn is an xs:token in Smile's documents: XML's whitespace around it is no part of
+    it. Kept as sent, " N-1\\t" made a subscription that Smile's documents for N-1 (and a
+    GET of N-1) never found."""
+    r = client.post("/orders/events", json={
+        "eventId": "ws-1", "usn": " N-1\t", "vocabulary": "order", "state": "accepted",
+        "subscription": {"sid": 501, "serviceName": "Fibre 100", "parent": "1000000008",
+                         "plans": [{"planCode": "fibre100"}]}})
+    assert r.status_code == 202, r.json
+    assert r.json["usn"] == "N-1"
+    assert client.get("/subscriptions/N-1").json["states"]["order_state"] == "accepted"
+    event = {"eventId": "ws-2", "event": {"productOrder": {"state": "inProgress",
+                                                           "externalId": "N-1 "}}}
+    assert client.post("/listener/productOrderStateChangeEvent", json=event).status_code == 204
+    assert client.get("/subscriptions/N-1").json["states"]["order_state"] == "inProgress"
+    # U+00A0 is no XML whitespace: part of the usn, as in a Smile document
+    r = client.post("/orders/events", json={"eventId": "ws-3", "usn": "N-1\u00a0",
+                                            "vocabulary": "order", "state": "completed"})
+    assert r.status_code == 422, r.json  # no such subscription
