@@ -23,6 +23,10 @@ if os.environ.get("CI") == "true":
 ROOT = Path(__file__).resolve().parent.parent
 XSD = ROOT / "xsd" / "smile-2.xsd"
 SAMPLES = ROOT / "samples"
+# A character beyond U+FFFF: four bytes in UTF-8, and two UTF-16 halves of three bytes each
+# in Java's own UTF-8 (CESU-8), as ActiveMQ hands on a Java sender's TextMessage.
+GRIN = "\U0001F600"
+GRIN_JAVA = b"\xed\xa0\xbd\xed\xb8\x80"
 DATA = ROOT / "tests" / "data"
 INVALID = DATA / "invalid"
 

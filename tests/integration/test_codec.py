@@ -32,7 +32,7 @@ from gateway.domain import (
     outline_of,
 )
 from gateway.errors import DocumentInvalidError, DocumentParseError
-from tests.conftest import INVALID, SAMPLES, XSD
+from tests.conftest import GRIN, GRIN_JAVA, INVALID, SAMPLES, XSD
 
 SAMPLE_FILES = sorted(SAMPLES.glob("*.xml"))
 
@@ -506,8 +506,6 @@ def test_a_utf8_document_is_handed_back_as_it_is(codec) -> None:
 # beyond U+FFFF is two UTF-16 halves of three bytes each (CESU-8), and a JMS client's getText()
 # fails on UTF-8's four-byte form (UTFDataFormatException). Both measured on Debian's
 # ActiveMQ 5.17 (test_stomp_broker.py takes them through the broker).
-GRIN = "\U0001F600"
-GRIN_JAVA = b"\xed\xa0\xbd\xed\xb8\x80"  # U+1F600 as a Java sender's TextMessage carries it
 
 
 def _four_byte_characters(data: bytes) -> list[bytes]:

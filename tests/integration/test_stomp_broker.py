@@ -47,7 +47,7 @@ from tests.brokers import (
     unique_queue,
     wait_until,
 )
-from tests.conftest import INVALID, SAMPLES
+from tests.conftest import GRIN, GRIN_JAVA, INVALID, SAMPLES
 from tests.on_broker import (
     ConsumerThread,
     make_service,
@@ -166,9 +166,6 @@ def test_a_jms_listener_gets_text_messages_with_string_properties(settings, code
     assert [m["correlationId"] for m in lines] == [event_id] * 2
 
 
-GRIN = "\U0001F600"  # beyond U+FFFF: four bytes in UTF-8, two halves of three in Java's
-
-
 def test_a_jms_listener_reads_a_character_beyond_u_ffff_the_gateway_sent(
         settings, codec, tmp_path, activemq, jms) -> None:
     """A JMS client reads a TextMessage in Java's own UTF-8, which has no four-byte form:
@@ -226,7 +223,7 @@ def test_a_java_senders_character_beyond_u_ffff_is_recorded(settings, codec, tmp
     assert f"Home {GRIN} broadband" in service.subscription_view("2142426765")["snapshot"]
     # one that an earlier gateway refused is recorded when its dead letter is replayed
     other = text.replace("2142426765", "2142426799").encode("utf-8")
-    java = other.replace(GRIN.encode("utf-8"), b"\xed\xa0\xbd\xed\xb8\x80")
+    java = other.replace(GRIN.encode("utf-8"), GRIN_JAVA)
     letter = service.dead_letter("broker", "not well-formed: Invalid bytes in character encoding",
                                  {"smileMessageType": "SubscriptionActivated",
                                   "message-id": "ID:earlier-1"}, java)
