@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from gateway.errors import KeyReusedError, clip
+from gateway.jsontext import json_text
 from gateway.ports import (
     BROKER,
     DEAD,
@@ -53,7 +54,7 @@ def _audit(conn: Connection, now: float, action: str, items: Sequence[Sequence[A
     conn.executemany(
         _HISTORY_INSERT,
         [(usn, now, "operator", None, None, None, None,
-          json.dumps({"action": action, "outboxId": id_, "channel": channel, "kind": kind,
+          json_text({"action": action, "outboxId": id_, "channel": channel, "kind": kind,
                       "messageId": message_id, **more}))
          for id_, usn, channel, kind, message_id in items if usn])
 
@@ -193,22 +194,22 @@ class SqlStoreBase:
                     "snapshot = excluded.snapshot, states = excluded.states, "
                     "provision_request_id = excluded.provision_request_id, "
                     "feature_ids = excluded.feature_ids, updated_at = excluded.updated_at",
-                    (new.usn, new.sid, new.snapshot, json.dumps(new.states),
+                    (new.usn, new.sid, new.snapshot, json_text(new.states),
                      new.provision_request_id,
-                     None if new.feature_ids is None else json.dumps(sorted(new.feature_ids)),
+                     None if new.feature_ids is None else json_text(sorted(new.feature_ids)),
                      now))
             if decision.history:
                 conn.executemany(
                     _HISTORY_INSERT,
                     [(usn, now, entry.source, entry.event_id, entry.vocabulary, entry.previous,
-                      entry.state, json.dumps(entry.detail)) for entry in decision.history])
+                      entry.state, json_text(entry.detail)) for entry in decision.history])
             if decision.outbox:  # their ids are not needed here: no RETURNING, no fetch
                 conn.executemany(_OUTBOX_INSERT,
                                  [self._outbox_row(item, now) for item in decision.outbox])
             if dedupe_key is not None:
                 _write_one(conn, "INSERT INTO dedupe (key, response, at, fingerprint) "
                            "VALUES (?, ?, ?, ?)",
-                           (dedupe_key, json.dumps(decision.response), now, fingerprint))
+                           (dedupe_key, json_text(decision.response), now, fingerprint))
             return decision.response, False
 
         return self._transact(work)
@@ -247,7 +248,7 @@ class SqlStoreBase:
 
     @staticmethod
     def _outbox_row(item: NewOutboxItem, now: float) -> tuple[Any, ...]:
-        return (item.channel, item.message_id, item.usn, item.kind, json.dumps(item.headers),
+        return (item.channel, item.message_id, item.usn, item.kind, json_text(item.headers),
                 item.body, item.status, now, now)
 
     def enqueue(self, items: Sequence[NewOutboxItem]) -> list[int]:
@@ -426,7 +427,7 @@ class SqlStoreBase:
             row = conn.execute(
                 "INSERT INTO dead_letters (source, reason, headers, body, at) "
                 "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (source, clip(reason, 2000), json.dumps(headers), body, self.clock())).fetchone()
+                (source, clip(reason, 2000), json_text(headers), body, self.clock())).fetchone()
             return int(row[0])
 
         return self._transact(work)

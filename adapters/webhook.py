@@ -43,6 +43,7 @@ from gateway.errors import (
     clip,
 )
 from gateway.events import parse_order_event, parse_tmf622_event
+from gateway.jsontext import json_text
 from gateway.ports import BROKER, FORWARD, Store
 from gateway.service import CONSUME_OUTCOMES, GatewayService
 from gateway.signatures import SIGNATURE_HEADERS, SignatureError, secret_keys, verify
@@ -77,7 +78,7 @@ def problem_json(status: int, title: str, detail: str,
                             "title": title, "status": status, "detail": clip(detail, 1000)}
     if errors is not None:
         body["errors"] = errors
-    return json.dumps(body)
+    return json_text(body)
 
 
 # seconds a sender is asked to wait before resending what met the store unavailable (a
@@ -488,7 +489,7 @@ def create_app(service: GatewayService, settings: Settings,
         accepted_webhook.inc()
         if outage.active:
             outage.passed()
-        return Response(json.dumps(result), status=202, content_type="application/json")
+        return Response(json_text(result), status=202, content_type="application/json")
 
     @app.post("/orders/events")
     def order_events() -> Response:
@@ -496,7 +497,7 @@ def create_app(service: GatewayService, settings: Settings,
         result = service.apply_state_change(change)
         if outage.active:
             outage.passed()
-        return Response(json.dumps(result), status=202, mimetype="application/json")
+        return Response(json_text(result), status=202, mimetype="application/json")
 
     @app.post("/listener/productOrderStateChangeEvent")
     def tmf622_listener() -> Response:
@@ -514,11 +515,11 @@ def create_app(service: GatewayService, settings: Settings,
             view = service.subscription_view(usn)
         except UnknownSubscriptionError as exc:
             raise _Problem(404, "Not Found", str(exc)) from exc
-        return Response(json.dumps(view), mimetype="application/json")
+        return Response(json_text(view), mimetype="application/json")
 
     @app.get("/healthz")
     def healthz() -> Response:
-        return Response(json.dumps({"status": "ok"}), mimetype="application/json")
+        return Response(json_text({"status": "ok"}), mimetype="application/json")
 
     @app.get("/readyz")
     def readyz() -> Response:
@@ -526,7 +527,7 @@ def create_app(service: GatewayService, settings: Settings,
         ok = all(failure is None for failure in failures.values())
         results = {name: "ok" if failure is None else f"failing: {failure}"
                    for name, failure in failures.items()}
-        body = json.dumps({"status": "ready" if ok else "not ready", "checks": results})
+        body = json_text({"status": "ready" if ok else "not ready", "checks": results})
         return Response(body, status=200 if ok else 503, mimetype="application/json")
 
     @app.get("/metrics")

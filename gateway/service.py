@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from gateway.errors import (
     Violation,
     clip,
 )
+from gateway.jsontext import json_text
 from gateway.ports import (
     BROKER,
     FORWARD,
@@ -310,7 +310,7 @@ class GatewayService:
                 written.append(NewOutboxItem(
                     FORWARD, event_id, usn, translation.smile_message_type or "SmileDocument",
                     {"Idempotency-Key": event_id, "Content-Type": "application/json"},
-                    json.dumps(event).encode()))
+                    json_text(event).encode()))
             return Decision(new, tuple(written), tuple(history), response)
 
         asked = None if dedupe_key is None else _fingerprint(
