@@ -101,6 +101,14 @@ _FRIENDLY_TYPES = {
                               "e.g. 2012-08-08T00:00:00.000+10:00)",
     f"'{_NS}NonEmptyToken'": "'NonEmptyToken' (expected non-empty text)",
 }
+# A pattern facet's refusal quotes the schema's pattern; these say what each one asks for.
+FRIENDLY_PATTERNS = {
+    r"-?\d\d\d\d+-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+\-]\d\d:\d\d)":
+        "has no UTC offset (expected a dateTime with one, e.g. 2012-08-08T00:00:00.000+10:00)",
+    r"\d{4}-\d\d-\d\d": "is not a plain date (expected YYYY-MM-DD, without an offset)",
+}
+_PATTERN_REFUSED = re.compile(
+    r"\[facet 'pattern'\] The value '(.*)' is not accepted by the pattern '(.*)'\.$", re.DOTALL)
 _POSITION_SUFFIX = re.compile(r"(, line \d+)?, line \d+, column \d+$")
 # libxml2's limits name the option that lifts them, which a sender cannot set: say the limit.
 _LIMIT_HINT = re.compile(r",? use XML_PARSE_HUGE option")
@@ -121,6 +129,10 @@ _FRIENDLY_RE = re.compile("|".join(re.escape(k) for k in _FRIENDLY_TYPES))
 
 def _friendly(message: str) -> str:
     message = _FRIENDLY_RE.sub(lambda m: _FRIENDLY_TYPES[m.group(0)], message)
+    refused = _PATTERN_REFUSED.search(message)
+    if refused and refused.group(2) in FRIENDLY_PATTERNS:
+        message = (f"{message[:refused.start()]}The value '{refused.group(1)}' "
+                   f"{FRIENDLY_PATTERNS[refused.group(2)]}.")
     if message.endswith(_NO_ROOT):
         message = f"{message[:-1]}: {_ROOTS_EXPECTED}."
     return message.replace(_NS, "")

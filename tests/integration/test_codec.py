@@ -13,11 +13,11 @@ from decimal import Decimal
 
 import pytest
 import xmlschema
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from adapters.smile_xml import SmileXmlCodec
+from adapters.smile_xml import FRIENDLY_PATTERNS, SmileXmlCodec
 from gateway import domain
 from gateway.domain import (
     Feature,
@@ -59,7 +59,7 @@ EXPECTED = {
     "several-violations.xml": (5, "/Subscription/SID", "'x' is not a valid value"),
     "sid-not-integer.xml": (5, "/SubscriptionFeaturesUpdate/Subscription/SID", "'S170' is not a valid value of the atomic type 'xs:long'"),
     "start-not-a-datetime.xml": (25, "/PlanScheduleItem/Start", "expected a dateTime with a UTC offset"),
-    "start-without-offset.xml": (25, "/PlanScheduleItem/Start", "'2012-08-08T00:00:00.000'"),
+    "start-without-offset.xml": (25, "/PlanScheduleItem/Start", "'2012-08-08T00:00:00.000' has no UTC offset"),
     "truncated.xml": (14, "", "not well-formed"),
     "unknown-element.xml": (19, "/Subscription/Colour", "Expected is one of ( AccessoryDataList"),
     "unknown-provision-status.xml": (15, "/Subscription/ProvisionStatus", "'ReadyToProvison' is not an element of the set"),
@@ -269,6 +269,83 @@ def test_status_enumerations_in_the_schema_match_the_domain_enums() -> None:
         values = tree.xpath(f"//xs:simpleType[@name='{type_name}']//xs:enumeration/@value",
                             namespaces=ns)
         assert values == [e.value for e in enum], type_name
+
+
+_XS = {"xs": "http://www.w3.org/2001/XMLSchema"}
+_FIRST_PATTERN = ".+(Z|[+\\-]\\d\\d:\\d\\d)"  # OffsetDateTime's, before it was spelled out
+
+
+def _field(low: int, high: int) -> st.SearchStrategy[str]:
+    """Two digits, in range three times in four; else out of it, or not two digits."""
+    valid = st.integers(low, high).map("{:02d}".format)
+    odd = st.sampled_from(["00", "60", "99", "1", "123", "\u0660\u0661"])  # Arabic-Indic digits
+    return st.one_of(valid, valid, valid, odd)
+
+
+_WELL_FORMED = st.builds(
+    "{}{}-{}-{}{}{}:{}:{}{}{}".format,
+    st.sampled_from(["", "", "-"]),
+    st.sampled_from(["2024", "2024", "0001", "0000", "12024", "02024", "999", "9999"]),
+    _field(1, 12), _field(1, 28), st.sampled_from(["T", "T", "T", "t", " "]), _field(0, 23),
+    _field(0, 59), _field(0, 59),
+    st.sampled_from(["", ".5", ".000", ".123456789", "."]),
+    st.sampled_from(["", "Z", "+10:00", "-00:00", "+14:00", "-14:00", "+14:01", "z", "+1000",
+                     "+10", "Z+10:00", "+10:00Z"]))
+
+
+def _mutated(value: str, where: int, what: str) -> str:
+    where %= len(value) + 1
+    return value[:where] + what + value[where + 1:] if what != "\0" else value[:where]
+
+
+_DATETIMES = st.one_of(
+    _WELL_FORMED,
+    st.builds(_mutated, _WELL_FORMED, st.integers(0, 40), st.sampled_from(list("0-:.TZ+ x\0"))),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=35),
+).map(lambda value: value if len(value) % 7 else f" {value}\t")  # collapsed before the facets
+
+
+_SAMPLE = (SAMPLES / "SubscriptionFeaturesChanged.xml").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def first_spelling(tmp_path_factory: pytest.TempPathFactory) -> SmileXmlCodec:
+    """The schema as it was before OffsetDateTime's pattern was spelled out."""
+    tree = etree.parse(str(XSD))
+    [pattern] = tree.xpath("//xs:simpleType[@name='OffsetDateTime']//xs:pattern",
+                           namespaces=_XS)
+    pattern.set("value", _FIRST_PATTERN)
+    path = tmp_path_factory.mktemp("xsd") / "first-spelling.xsd"
+    tree.write(str(path))
+    return SmileXmlCodec(path)
+
+
+def test_every_pattern_in_the_schema_has_words_for_its_refusal() -> None:
+    patterns = etree.parse(str(XSD)).xpath("//xs:pattern/@value", namespaces=_XS)
+    assert patterns and set(patterns) == set(FRIENDLY_PATTERNS)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=_DATETIMES)
+@example(value="12024-04-01T00:00:00+10:00")  # xs:dateTime's corners, each tried every run
+@example(value="-2024-04-01T00:00:00.5-00:00")
+@example(value="2024-04-01T24:00:00Z")
+@example(value=" 2024-04-01T00:00:00.123456789+14:00\t")
+@example(value="2024-04-01T00:00:00")
+@example(value="2024-04-01T00:00:00.000")
+@example(value="2024-04-01T00:00:00+1000")
+def test_the_offset_pattern_takes_exactly_what_its_first_spelling_took(
+        codec: SmileXmlCodec, first_spelling: SmileXmlCodec, value: str) -> None:
+    """The spelled-out OffsetDateTime pattern (quicker for libxml2) accepts the values its
+    first spelling accepted, and only those, on a plan's Start and on a Timestamp value."""
+    start = (b"<Start>2024-04-01T00:00:00.000+10:00</Start>",
+             b"<Start>" + value.encode() + b"</Start>")
+    stamp = (b'<Timestamp name="since">2024-05-01T00:00:00.000+10:00</Timestamp>',
+             b'<Timestamp name="since">' + value.encode() + b"</Timestamp>")
+    for old, new in (start, stamp):
+        data = _SAMPLE.replace(old, new, 1)
+        assert data != _SAMPLE
+        assert (codec.check(data) == []) == (first_spelling.check(data) == [])
 
 
 def test_the_schema_loads_in_xmlschema_and_agrees_on_the_fixtures() -> None:
