@@ -169,6 +169,10 @@ def _datetime(p: _Problems, value: Any, path: str) -> datetime | None:
     if offset is not None and abs(offset) > MAX_OFFSET:  # xs:dateTime's bound
         p.add(path, "expected a UTC offset from -14:00 to +14:00")
         return None
+    if offset is not None and offset % timedelta(minutes=1):  # xs:dateTime's is hh:mm
+        found = (parsed.tzname() or "").removeprefix("UTC")  # fromisoformat's: UTC+hh:mm:ss
+        p.add(path, f"expected a UTC offset in whole minutes, found {found}")
+        return None
     return parsed
 
 

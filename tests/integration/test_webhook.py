@@ -170,6 +170,15 @@ def test_a_refused_transition_is_409_naming_both_states(client) -> None:
                        "properties": [{"type": "String", "name": "s", "value": "\ufffe"}]}},
      422, "/subscription/properties/0/value: U+FFFE at offset 0 is not a character XML can "
      "carry; /subscription/plans/0/start: expected a UTC offset from -14:00 to +14:00"),
+    # xs:dateTime's offset is hours and minutes: Python's fromisoformat also takes seconds
+    ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
+      "subscription": {"sid": 1, "serviceName": "F", "parent": "P",
+                       "plans": [{"planCode": "f", "start": "2025-01-01T00:00:00+10:00:30"}],
+                       "properties": [{"type": "Timestamp", "name": "t",
+                                       "value": "2025-01-01T00:00:00-05:00:00.5"}]}},
+     422, "/subscription/properties/0/value: expected a UTC offset in whole minutes, found "
+     "-05:00:00.500000; /subscription/plans/0/start: expected a UTC offset in whole minutes, "
+     "found +10:00:30"),
     # a Decimal is written out in full: "1e999999999" would be a gigabyte of digits
     ({"eventId": "e", "usn": "N2", "vocabulary": "order", "state": "acknowledged",
       "subscription": {"sid": 1, "serviceName": "F", "parent": "P", "plans": [{"planCode": "f"}],
