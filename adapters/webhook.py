@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import get_content_length
 
 import gateway
 from gateway.config import Settings
@@ -431,7 +432,7 @@ def create_app(service: GatewayService, settings: Settings,
             raise _Problem(415, "Unsupported Media Type",
                            f"Content-Encoding {clip(coding, 60)!r} is not taken: send the body "
                            "as it is (identity)", headers={"Accept-Encoding": "identity"})
-        length = req.content_length
+        length = get_content_length(req.environ)  # req.content_length, without its headers view
         if length is not None and length > settings.webhook.max_body_bytes:
             raise _Problem(413, "Content Too Large",
                            f"body of {length} bytes is over the limit of "
