@@ -261,13 +261,12 @@ def test_a_timestamp_python_cannot_hold_is_refused_by_the_outline_too(
 
 def test_status_enumerations_in_the_schema_match_the_domain_enums() -> None:
     tree = etree.parse(str(XSD))
-    ns = {"xs": "http://www.w3.org/2001/XMLSchema"}
     for type_name, enum in (("ProvisionStatusType", domain.ProvisionStatus),
                             ("SuspendStatusType", domain.SuspendStatus),
                             ("ActivateStatusType", domain.ActivateStatus),
                             ("EnableStatusType", domain.EnableStatus)):
         values = tree.xpath(f"//xs:simpleType[@name='{type_name}']//xs:enumeration/@value",
-                            namespaces=ns)
+                            namespaces=_XS)
         assert values == [e.value for e in enum], type_name
 
 
